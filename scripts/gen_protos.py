@@ -1,0 +1,51 @@
+"""Regenerate the committed Python code for proto/ (run from anywhere).
+
+    python scripts/gen_protos.py            # rewrite sidecar/api/v1/*_pb2*.py
+    python scripts/gen_protos.py --out DIR  # write into DIR instead (the staleness test uses this)
+
+The output depends on the grpcio-tools version, which is pinned in pyproject.toml's
+dev extra so that everyone generates the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "proto"
+PROTO_FILES = ["sidecar/api/v1/gpu_sidecar.proto"]
+
+
+def _include_dirs() -> list[str]:
+    import google.rpc  # googleapis-common-protos ships status.proto
+    import grpc_tools
+
+    well_known = resources.files(grpc_tools) / "_proto"
+    googleapis = Path(google.rpc.__path__[0]).parent.parent
+    return [str(PROTO_ROOT), str(well_known), str(googleapis)]
+
+
+def generate(out_dir: Path) -> None:
+    from grpc_tools import protoc
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = ["protoc", *(f"-I{d}" for d in _include_dirs())]
+    args += [f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}"]
+    args += PROTO_FILES
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT, help="output root (default: repository root)")
+    args = parser.parse_args(argv)
+    generate(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

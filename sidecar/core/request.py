@@ -1,0 +1,34 @@
+"""The request as it travels through the pipeline, and its identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# (stream id, request id): request ids are chosen by clients, unique per stream.
+RequestKey = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorData:
+    """One tensor of one item: raw little-endian C-order bytes, opaque to the queue."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    stream: int
+    request_id: int
+    # After validation: one tensor per model input, in the model's input order.
+    inputs: tuple[TensorData, ...]
+    received_at: float
+    # Absolute time after which the answer is useless to the client
+    # (received_at + its timeout); math.inf when it set none.
+    deadline: float
+
+    @property
+    def key(self) -> RequestKey:
+        return (self.stream, self.request_id)
