@@ -1,0 +1,52 @@
+"""Admission actor: feeds the admission core and forwards what it decides."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pykka
+
+from actors.messages import (
+    AdmitRequests,
+    Connect,
+    Drain,
+    FailRequests,
+    GetSnapshot,
+    Peers,
+    QueueReleased,
+    RequestsAdmitted,
+)
+from sidecar.clock import Clock
+from sidecar.core.admission import Admission, AdmissionLimits
+
+log = logging.getLogger(__name__)
+
+
+class AdmissionActor(pykka.ThreadingActor):
+    def __init__(self, limits: AdmissionLimits, clock: Clock) -> None:
+        super().__init__()
+        self._core = Admission(limits)
+        self._clock = clock
+        self._peers: Peers | None = None
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case AdmitRequests(requests):
+                assert self._peers is not None, "Connect must come first"
+                result = self._core.admit(requests, self._clock.now())
+                if result.admitted is not None:
+                    self._peers.batcher.tell(RequestsAdmitted(result.admitted))
+                if result.rejected:
+                    self._peers.session.tell(FailRequests(result.rejected))
+            case QueueReleased(total):
+                self._core.released(total, self._clock.now())
+            case Drain():
+                self._core.drain()
+            case Connect(peers):
+                self._peers = peers
+            case GetSnapshot():
+                return {"depth": self._core.depth, "draining": self._core.draining}
+            case _:
+                log.error("admission: unexpected message %r", message)
+        return None

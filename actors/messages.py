@@ -1,0 +1,149 @@
+"""Every message the actors exchange, in one place.
+
+Messages are frozen, slotted dataclasses; hot-path messages carry lists of
+requests, never one. Where a core event or action already says exactly what a
+message must say, it travels as is (re-exported below) instead of being copied
+into a twin class.
+
+Flow:  ingress -RequestsReceived-> session -AdmitRequests-> admission
+       admission -RequestsAdmitted-> batcher -DispatchBatch-> executor
+       executor -BatchSucceeded / FailRequests-> session -> ingress (the event loop)
+       executor -ExecutorFree-> batcher -QueueReleased-> admission
+       anyone -FailRequests-> session;  session -Withdraw-> batcher
+       session, executor -> metrics (OutcomesCounted, BatchExecuted)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sidecar.core.admission import Admitted
+from sidecar.core.batcher import (
+    DispatchBatch,
+    Drain,
+    ExecutorFree,
+    FailRequests,
+    QueueReleased,
+    RequestsAdmitted,
+    TimerFired,
+    Withdraw,
+)
+from sidecar.core.request import Request, TensorData
+
+if TYPE_CHECKING:
+    import pykka
+
+__all__ = [
+    "AdmitRequests",
+    "Admitted",
+    "BatchExecuted",
+    "BatchSucceeded",
+    "Connect",
+    "DispatchBatch",
+    "Drain",
+    "ExecutorFree",
+    "FailRequests",
+    "GetCounts",
+    "GetSnapshot",
+    "LoadBackend",
+    "OutcomesCounted",
+    "Peers",
+    "QueueReleased",
+    "RequestsAdmitted",
+    "RequestsReceived",
+    "StreamClosed",
+    "TimerFired",
+    "Withdraw",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    """Who talks to whom; handed to every actor once, before any traffic."""
+
+    session: pykka.ActorRef[Any]
+    admission: pykka.ActorRef[Any]
+    batcher: pykka.ActorRef[Any]
+    executors: tuple[pykka.ActorRef[Any], ...]
+    metrics: pykka.ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    peers: Peers
+
+
+# ---- ingress -> session ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestsReceived:
+    """Everything read from all streams in one event-loop pass.
+
+    `items` pairs a stream id with the wire requests read from it (protobuf
+    InferRequest messages, converted and validated by the session).
+    """
+
+    items: Sequence[tuple[int, Sequence[Any]]]
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClosed:
+    """The stream's client is gone: withdraw what it still has queued."""
+
+    stream: int
+    reason: str
+
+
+# ---- session -> admission ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequests:
+    requests: tuple[Request, ...]
+
+
+# ---- executor -> session -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSucceeded:
+    requests: tuple[Request, ...]
+    outputs: Sequence[tuple[TensorData, ...]]  # one tuple per request, same order
+
+
+# ---- -> metrics --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomesCounted:
+    """Increments by outcome name: received, succeeded, rejected, expired, ..."""
+
+    counts: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchExecuted:
+    executor: int
+    size: int
+    compute_s: float
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GetCounts:
+    """ask() only: the metrics actor answers with a dict snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetSnapshot:
+    """ask() only: an actor answers with a small dict describing its state (tests, health)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBackend:
+    """ask() only: the executor loads its backend in its own thread (CUDA contexts
+    belong to the thread that made them) and answers with its BackendInfo."""

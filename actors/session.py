@@ -1,0 +1,143 @@
+"""Session: per-stream bookkeeping for every stream, in one actor.
+
+One actor serves all streams so that what the event loop read from all of them in
+one pass travels on as one message (measured: an actor woken per request saw lists
+of ~1.5; one fed per loop pass saw 4-13). It turns wire requests into core
+requests (answering bad ones INVALID_ARGUMENT at once), remembers which ids are in
+flight on which stream, and routes every answer back to its stream, exactly once.
+Answers for a stream whose client has gone are dropped and counted cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import pykka
+
+from actors.messages import (
+    AdmitRequests,
+    BatchSucceeded,
+    Connect,
+    FailRequests,
+    GetSnapshot,
+    OutcomesCounted,
+    Peers,
+    RequestsReceived,
+    StreamClosed,
+    Withdraw,
+)
+from sidecar.core.request import Request
+from sidecar.core.status import Code, Failure
+from sidecar.core.tensors import InvalidTensors, ModelSpec
+from sidecar.rpc.convert import error_response, ok_response, to_request
+
+log = logging.getLogger(__name__)
+
+# Responses grouped by stream id; called once per handled message.
+Deliver = Callable[[dict[int, list[Any]]], None]
+
+OUTCOME_BY_CODE = {
+    Code.OK: "succeeded",
+    Code.RESOURCE_EXHAUSTED: "rejected",
+    Code.UNAVAILABLE: "rejected",
+    Code.DEADLINE_EXCEEDED: "expired",
+    Code.CANCELLED: "cancelled",
+    Code.INVALID_ARGUMENT: "invalid",
+    Code.INTERNAL: "failed",
+}
+
+
+class SessionActor(pykka.ThreadingActor):
+    def __init__(self, spec: ModelSpec, deliver: Deliver) -> None:
+        super().__init__()
+        self._spec = spec
+        self._deliver = deliver
+        self._peers: Peers | None = None
+        self._inflight: dict[int, set[int]] = {}  # open streams -> ids awaiting an answer
+        self._gone: dict[int, set[int]] = {}  # closed streams -> ids whose answers are dropped
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case RequestsReceived(items, received_at):
+                self._received(items, received_at)
+            case BatchSucceeded(requests, outputs):
+                self._answer(((r, ok_response(r.request_id, o), Code.OK) for r, o in zip(requests, outputs)))
+            case FailRequests(failures):
+                self._answer(((r, error_response(r.request_id, f), f.code) for r, f in failures))
+            case StreamClosed(stream, reason):
+                self._stream_closed(stream, reason)
+            case Connect(peers):
+                self._peers = peers
+            case GetSnapshot():
+                return {
+                    "open_streams": len(self._inflight),
+                    "inflight": sum(map(len, self._inflight.values())) + sum(map(len, self._gone.values())),
+                }
+            case _:
+                log.error("session: unexpected message %r", message)
+        return None
+
+    def _received(self, items: Sequence[tuple[int, Sequence[Any]]], received_at: float) -> None:
+        assert self._peers is not None, "Connect must come first"
+        accepted: list[Request] = []
+        out: dict[int, list[Any]] = {}
+        counts: Counter[str] = Counter()
+        for stream, wire_requests in items:
+            ids = self._inflight.setdefault(stream, set())
+            counts["received"] += len(wire_requests)
+            for p in wire_requests:
+                failure = None
+                if p.request_id in ids:
+                    failure = f"request id {p.request_id} is already in flight on this stream"
+                else:
+                    try:
+                        accepted.append(to_request(p, stream, received_at, self._spec.inputs))
+                        ids.add(p.request_id)
+                    except InvalidTensors as e:
+                        failure = f"request {p.request_id}: {e}"
+                if failure is not None:
+                    out.setdefault(stream, []).append(
+                        error_response(p.request_id, Failure(Code.INVALID_ARGUMENT, failure))
+                    )
+                    counts["invalid"] += 1
+        if accepted:
+            self._peers.admission.tell(AdmitRequests(tuple(accepted)))
+        self._emit(out, counts)
+
+    def _answer(self, answers: Iterable[tuple[Request, Any, Code]]) -> None:
+        out: dict[int, list[Any]] = {}
+        counts: Counter[str] = Counter()
+        for request, response, code in answers:
+            stream = request.stream
+            ids = self._inflight.get(stream)
+            if ids is not None and request.request_id in ids:
+                ids.discard(request.request_id)
+                out.setdefault(stream, []).append(response)
+                counts[OUTCOME_BY_CODE[code]] += 1
+                continue
+            gone = self._gone.get(stream)
+            if gone is not None and request.request_id in gone:
+                gone.discard(request.request_id)
+                if not gone:
+                    del self._gone[stream]
+                counts["cancelled"] += 1
+                continue
+            log.error("session: answer for unknown request %s on stream %s dropped", request.request_id, stream)
+        self._emit(out, counts)
+
+    def _stream_closed(self, stream: int, reason: str) -> None:
+        ids = self._inflight.pop(stream, None)
+        if not ids:
+            return
+        self._gone[stream] = ids
+        assert self._peers is not None
+        self._peers.batcher.tell(Withdraw(frozenset((stream, i) for i in ids), reason))
+
+    def _emit(self, out: dict[int, list[Any]], counts: Counter[str]) -> None:
+        if out:
+            self._deliver(out)
+        if counts and self._peers is not None:
+            self._peers.metrics.tell(OutcomesCounted(tuple(counts.items())))

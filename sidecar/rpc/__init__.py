@@ -1,0 +1,1 @@
+"""The RPC edge: protobuf conversion and the gRPC servicer."""

@@ -1,0 +1,66 @@
+"""Between wire messages (protobuf) and the core's types. Nothing else crosses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from sidecar.api.v1 import gpu_sidecar_pb2 as pb
+from sidecar.core.request import Request, TensorData
+from sidecar.core.status import Failure
+from sidecar.core.tensors import InvalidTensors, TensorSpec, order_inputs
+
+
+def to_request(p: pb.InferRequest, stream: int, received_at: float, specs: Sequence[TensorSpec]) -> Request:
+    """Raises InvalidTensors (a ValueError) naming what is wrong with the request."""
+    deadline = math.inf
+    if p.HasField("timeout"):
+        timeout = p.timeout.seconds + p.timeout.nanos / 1e9
+        if timeout <= 0:
+            raise InvalidTensors(f"timeout must be positive, got {timeout * 1000:g} ms")
+        deadline = received_at + timeout
+    inputs = [TensorData(t.name, t.dtype, tuple(t.shape), t.data) for t in p.inputs]
+    return Request(stream, p.request_id, order_inputs(inputs, specs), received_at, deadline)
+
+
+def ok_response(request_id: int, outputs: Sequence[TensorData]) -> pb.InferResponse:
+    return pb.InferResponse(
+        request_id=request_id,
+        outputs=[pb.Tensor(name=t.name, dtype=t.dtype, shape=t.shape, data=t.data) for t in outputs],
+    )
+
+
+def error_response(request_id: int, failure: Failure) -> pb.InferResponse:
+    return pb.InferResponse(request_id=request_id, error=to_status(failure))
+
+
+def to_status(failure: Failure) -> status_pb2.Status:
+    status = status_pb2.Status(code=int(failure.code), message=failure.message)
+    if failure.retry_after_s is not None:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration(failure.retry_after_s)))
+        status.details.append(detail)
+    return status
+
+
+def retry_after_s(status: status_pb2.Status) -> float | None:
+    """The RetryInfo delay a status carries, if any."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return None
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def tensor_spec(spec: TensorSpec) -> pb.TensorSpec:
+    return pb.TensorSpec(name=spec.name, dtype=spec.dtype, shape=spec.shape)

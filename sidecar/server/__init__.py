@@ -1,0 +1,1 @@
+"""The server: actor wiring, the event-loop side of streams, and the gRPC service."""

@@ -1,0 +1,71 @@
+"""Starts the actors, connects them, and stops them in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pykka
+
+from actors.admission import AdmissionActor
+from actors.batcher import BatcherActor
+from actors.executor import ExecutorActor
+from actors.messages import Connect, LoadBackend, Peers
+from actors.metrics import MetricsActor
+from actors.session import Deliver, SessionActor
+from sidecar.backends.base import Backend, BackendInfo
+from sidecar.clock import Clock
+from sidecar.config import SidecarConfig
+
+# Bounds every wait the wiring does on an actor (a backend load included).
+LOAD_TIMEOUT_S = 600.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    peers: Peers
+    info: BackendInfo
+    batch_size: int  # the smaller of the config's and the backend's limit
+
+    def stop(self) -> None:
+        """Stops actors upstream first, so nothing is sent to an actor already gone."""
+        p = self.peers
+        for ref in (p.session, p.admission, p.batcher, *p.executors, p.metrics):
+            ref.stop(block=True, timeout=STOP_TIMEOUT_S)
+
+
+def start_pipeline(
+    config: SidecarConfig,
+    clock: Clock,
+    backends: Sequence[Backend],
+    deliver: Deliver,
+    on_drained: Callable[[], None] = lambda: None,
+) -> Pipeline:
+    """Loads every backend (each in its executor's thread) and wires the actors."""
+    if len(backends) != config.instances:
+        raise ValueError(f"{config.instances} instances configured but {len(backends)} backends given")
+    executors = [ExecutorActor.start(i, b, clock) for i, b in enumerate(backends)]
+    started: list[pykka.ActorRef] = list(executors)
+    try:
+        infos = [ref.ask(LoadBackend(), timeout=LOAD_TIMEOUT_S) for ref in executors]
+        info = infos[0]
+        if any(i.spec != info.spec for i in infos):
+            raise ValueError("backend instances disagree on the model's inputs and outputs")
+        limits = config.batch_limits(info.max_batch_size)
+        metrics = MetricsActor.start()
+        started.append(metrics)
+        batcher = BatcherActor.start(limits, clock, on_drained)
+        started.append(batcher)
+        admission = AdmissionActor.start(config.admission_limits(), clock)
+        started.append(admission)
+        session = SessionActor.start(info.spec, deliver)
+        started.append(session)
+    except BaseException:
+        for ref in started:
+            ref.stop(block=True, timeout=STOP_TIMEOUT_S)
+        raise
+    peers = Peers(session, admission, batcher, tuple(executors), metrics)
+    for ref in started:
+        ref.tell(Connect(peers))
+    return Pipeline(peers, info, limits.max_batch_size)
