@@ -1,0 +1,81 @@
+"""Real actors on a fake clock: the batch window fires when time is advanced, not otherwise."""
+
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+import pytest
+
+from actors.messages import GetSnapshot, RequestsReceived
+from sidecar.api.v1 import gpu_sidecar_pb2 as pb
+from sidecar.backends.mock import MockBackend
+from sidecar.config import SidecarConfig
+from sidecar.server.pipeline import start_pipeline
+from tests.fakes import FakeClock
+
+WAIT_S = 10.0  # bound on every wait for an actor's answer
+
+
+def wire_request(request_id: int) -> pb.InferRequest:
+    data = np.full(16, request_id, np.float32).tobytes()
+    return pb.InferRequest(request_id=request_id, inputs=[pb.Tensor(name="input", dtype="float32", shape=[16], data=data)])
+
+
+@pytest.fixture
+def rig():
+    clock = FakeClock()
+    delivered: queue.Queue = queue.Queue()
+    config = SidecarConfig(max_batch_size=4, batch_timeout_s=0.010)
+    backend = MockBackend("mock:?base_ms=0&per_item_ms=0", sleep=lambda s: None)
+    pipeline = start_pipeline(config, clock, [backend], delivered.put)
+    yield clock, pipeline.peers, delivered
+    pipeline.stop()
+
+
+def batcher_state(peers):
+    # An ask is processed after everything told before it: a barrier.
+    return peers.batcher.ask(GetSnapshot(), timeout=WAIT_S)
+
+
+def send(clock, peers, ids, stream=1):
+    peers.session.tell(RequestsReceived([(stream, [wire_request(i) for i in ids])], clock.now()))
+    peers.session.ask(GetSnapshot(), timeout=WAIT_S)
+    peers.admission.ask(GetSnapshot(), timeout=WAIT_S)
+
+
+def test_partial_batch_waits_until_clock_passes_window(rig):
+    clock, peers, delivered = rig
+    send(clock, peers, [1, 2])
+    assert batcher_state(peers)["queue_depth"] == 2
+    clock.advance(0.009)
+    assert batcher_state(peers)["queue_depth"] == 2
+    assert delivered.empty()
+
+    clock.advance(0.001)
+    out = delivered.get(timeout=WAIT_S)
+    assert batcher_state(peers)["queue_depth"] == 0
+    assert sorted(r.request_id for r in out[1]) == [1, 2]
+    assert np.frombuffer(out[1][0].outputs[0].data, np.float32)[0] in (2.0, 4.0)
+
+
+def test_full_batch_goes_without_any_clock_movement(rig):
+    clock, peers, delivered = rig
+    send(clock, peers, [1, 2, 3, 4])
+    out = delivered.get(timeout=WAIT_S)
+    assert sorted(r.request_id for r in out[1]) == [1, 2, 3, 4]
+
+
+def test_window_counts_from_oldest_request_across_messages(rig):
+    clock, peers, delivered = rig
+    send(clock, peers, [1])
+    clock.advance(0.006)
+    send(clock, peers, [2], stream=2)
+    clock.advance(0.003)
+    assert batcher_state(peers)["queue_depth"] == 2 and delivered.empty()
+    clock.advance(0.001)
+    got = {}
+    while sum(len(v) for v in got.values()) < 2:
+        for stream, responses in delivered.get(timeout=WAIT_S).items():
+            got.setdefault(stream, []).extend(r.request_id for r in responses)
+    assert got == {1: [1], 2: [2]}
