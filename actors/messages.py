@@ -30,7 +30,7 @@ from sidecar.core.batcher import (
     TimerFired,
     Withdraw,
 )
-from sidecar.core.request import Request, TensorData
+from sidecar.core.request import Request
 
 if TYPE_CHECKING:
     import pykka
@@ -112,7 +112,7 @@ class AdmitRequests:
 @dataclass(frozen=True, slots=True)
 class BatchSucceeded:
     requests: tuple[Request, ...]
-    outputs: Sequence[tuple[TensorData, ...]]  # one tuple per request, same order
+    outputs: Sequence[tuple[bytes, ...]]  # per request (same order): bytes per model output
 
 
 # ---- -> metrics --------------------------------------------------------------------

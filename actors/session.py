@@ -32,7 +32,7 @@ from actors.messages import (
 from sidecar.core.request import Request
 from sidecar.core.status import Code, Failure
 from sidecar.core.tensors import InvalidTensors, ModelSpec
-from sidecar.rpc.convert import error_response, ok_response, to_request
+from sidecar.rpc.convert import error_response, ok_response, output_templates, to_request
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class SessionActor(pykka.ThreadingActor):
     def __init__(self, spec: ModelSpec, deliver: Deliver) -> None:
         super().__init__()
         self._spec = spec
+        self._templates = output_templates(spec.outputs)
         self._deliver = deliver
         self._peers: Peers | None = None
         self._inflight: dict[int, set[int]] = {}  # open streams -> ids awaiting an answer
@@ -64,7 +65,8 @@ class SessionActor(pykka.ThreadingActor):
             case RequestsReceived(items, received_at):
                 self._received(items, received_at)
             case BatchSucceeded(requests, outputs):
-                self._answer(((r, ok_response(r.request_id, o), Code.OK) for r, o in zip(requests, outputs)))
+                t = self._templates
+                self._answer(((r, ok_response(r.request_id, o, t), Code.OK) for r, o in zip(requests, outputs)))
             case FailRequests(failures):
                 self._answer(((r, error_response(r.request_id, f), f.code) for r, f in failures))
             case StreamClosed(stream, reason):

@@ -60,10 +60,16 @@ async def _serve(config: SidecarConfig) -> int:
 
 
 async def _infer(endpoint: str, values: list[Any] | None, timeout_s: float | None) -> int:
+    import grpc
+
     from sidecar.client import InferError, SidecarClient
 
     async with SidecarClient(endpoint) as client:
-        info = await client.model_info()
+        try:
+            info = await client.model_info()
+        except grpc.aio.AioRpcError as e:
+            print(f"gpu-sidecar: cannot reach the sidecar at {endpoint}: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 2
         inputs: dict[str, np.ndarray] = {}
         for spec in info.inputs:
             shape = tuple(spec.shape)

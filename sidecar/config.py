@@ -21,7 +21,7 @@ class SidecarConfig:
     model_uri: str = ""
     # Backend instances, each with its own executor actor and thread.
     instances: int = 1
-    max_batch_size: int = 64
+    max_batch_size: int = 32
     # The batch window, counted from the oldest queued request.
     batch_timeout_s: float = 0.002
     # Batches handed to one executor before it finishes the first: >1 hides the

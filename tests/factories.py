@@ -17,7 +17,7 @@ def tensor(values, name: str = "input", dtype: str = "float32") -> TensorData:
 
 def request(request_id: int, *, stream: int = 1, at: float = 0.0, timeout: float | None = None) -> Request:
     deadline = math.inf if timeout is None else at + timeout
-    return Request(stream, request_id, (tensor([float(request_id)]),), at, deadline)
+    return Request(stream, request_id, (tensor([float(request_id)]).data,), at, deadline)
 
 
 def admitted(requests, at: float, max_wait: float = 10.0) -> Admitted:

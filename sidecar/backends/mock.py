@@ -115,7 +115,9 @@ class MockBackend(Backend):
             self._closed.wait()
             raise BackendError(f"mock batch {n} hung until the backend was closed")
         x = np.asarray(inputs["input"], dtype=np.float32)
-        self._sleep((opts.base_ms + opts.per_item_ms * len(x)) / 1000)
+        delay_ms = opts.base_ms + opts.per_item_ms * len(x)
+        if delay_ms > 0:
+            self._sleep(delay_ms / 1000)
         if n == opts.wrong_count_on_batch:
             x = x[:-1]
         return {"output": x * np.float32(2)}

@@ -10,7 +10,7 @@ RequestKey = tuple[int, int]
 
 @dataclass(frozen=True, slots=True)
 class TensorData:
-    """One tensor of one item: raw little-endian C-order bytes, opaque to the queue."""
+    """One named tensor of one item: raw little-endian C-order bytes."""
 
     name: str
     dtype: str
@@ -22,8 +22,9 @@ class TensorData:
 class Request:
     stream: int
     request_id: int
-    # After validation: one tensor per model input, in the model's input order.
-    inputs: tuple[TensorData, ...]
+    # After validation: the bytes of each model input, in the model's input order
+    # (name, dtype and shape are the model's, so they need not travel).
+    inputs: tuple[bytes, ...]
     received_at: float
     # Absolute time after which the answer is useless to the client
     # (received_at + its timeout); math.inf when it set none.

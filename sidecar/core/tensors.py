@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
-
-from sidecar.core.request import TensorData
 
 # Names as numpy spells them; the wire format is little-endian whatever the host.
 DTYPES: dict[str, np.dtype] = {
@@ -24,15 +23,34 @@ DTYPES: dict[str, np.dtype] = {
 MAX_ELEMENTS = 1 << 31
 
 
+class TensorLike(Protocol):
+    """Anything with these four attributes: a wire Tensor, or a TensorData."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[int]: ...
+    @property
+    def data(self) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int, ...]  # per item, no batch dimension
+    nbytes: int = field(init=False, compare=False, repr=False)  # of one item
+    # The shape as a list: protobuf's repeated fields compare equal to lists, not tuples.
+    shape_list: list[int] = field(init=False, compare=False, repr=False)
 
-    @property
-    def nbytes(self) -> int:
-        return DTYPES[self.dtype].itemsize * math.prod(self.shape)
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r}; supported: {sorted(DTYPES)}")
+        object.__setattr__(self, "shape", tuple(self.shape))
+        object.__setattr__(self, "shape_list", list(self.shape))
+        object.__setattr__(self, "nbytes", DTYPES[self.dtype].itemsize * math.prod(self.shape))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +67,35 @@ class BadBackendOutput(RuntimeError):
     """The backend returned outputs that cannot be split back into the batch."""
 
 
-def order_inputs(inputs: Sequence[TensorData], specs: Sequence[TensorSpec]) -> tuple[TensorData, ...]:
+def input_bytes(inputs: Sequence[TensorLike], specs: Sequence[TensorSpec]) -> tuple[bytes, ...]:
+    """Checks one request's inputs against the model; returns their bytes in spec order.
+
+    The common case (every input present, in order, matching) is checked in one
+    cheap pass; anything else goes through `order_inputs`, which reorders or
+    raises InvalidTensors naming the problem.
+    """
+    if len(inputs) == len(specs):
+        for t, s in zip(inputs, specs):
+            if not (
+                t.name == s.name
+                and t.dtype == s.dtype
+                and len(t.data) == s.nbytes
+                and (t.shape == s.shape_list or t.shape == s.shape)
+            ):
+                break
+        else:
+            return tuple([t.data for t in inputs])
+    return tuple([t.data for t in order_inputs(inputs, specs)])
+
+
+def order_inputs(inputs: Sequence[TensorLike], specs: Sequence[TensorSpec]) -> tuple[TensorLike, ...]:
     """Checks `inputs` against the model's input specs; returns them in spec order.
 
     Raises InvalidTensors naming the first problem found.
     """
     if not inputs:
         raise InvalidTensors(f"request has no inputs; the model expects {_names(specs)}")
-    by_name: dict[str, TensorData] = {}
+    by_name: dict[str, TensorLike] = {}
     for t in inputs:
         if t.name in by_name:
             raise InvalidTensors(f"input {t.name!r} appears more than once")
@@ -74,45 +113,42 @@ def order_inputs(inputs: Sequence[TensorData], specs: Sequence[TensorSpec]) -> t
     return ordered
 
 
-def _check_tensor(t: TensorData, spec: TensorSpec) -> None:
+def _check_tensor(t: TensorLike, spec: TensorSpec) -> None:
     dtype = DTYPES.get(t.dtype)
     if dtype is None:
         raise InvalidTensors(f"input {t.name!r}: unknown dtype {t.dtype!r}; supported: {sorted(DTYPES)}")
     if t.dtype != spec.dtype:
         raise InvalidTensors(f"input {t.name!r}: dtype {t.dtype} does not match the model's {spec.dtype}")
-    if any(d < 0 for d in t.shape):
+    shape = tuple(t.shape)
+    if any(d < 0 for d in shape):
         raise InvalidTensors(f"input {t.name!r}: negative dimension in shape {list(t.shape)}")
-    if math.prod(t.shape) > MAX_ELEMENTS:
-        raise InvalidTensors(f"input {t.name!r}: shape {list(t.shape)} has more than {MAX_ELEMENTS} elements")
-    if t.shape != spec.shape:
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise InvalidTensors(f"input {t.name!r}: shape {list(shape)} has more than {MAX_ELEMENTS} elements")
+    if shape != spec.shape:
         raise InvalidTensors(
-            f"input {t.name!r}: shape {list(t.shape)} does not match the model's per-item shape {list(spec.shape)}"
+            f"input {t.name!r}: shape {list(shape)} does not match the model's per-item shape {list(spec.shape)}"
         )
-    expected = dtype.itemsize * math.prod(t.shape)
+    expected = dtype.itemsize * math.prod(shape)
     if len(t.data) != expected:
-        raise InvalidTensors(
-            f"input {t.name!r}: {len(t.data)} bytes, but {t.dtype} x {list(t.shape)} needs {expected}"
-        )
+        raise InvalidTensors(f"input {t.name!r}: {len(t.data)} bytes, but {t.dtype} x {list(shape)} needs {expected}")
 
 
 def _names(specs: Sequence[TensorSpec]) -> list[str]:
     return [s.name for s in specs]
 
 
-def join_inputs(items: Sequence[tuple[TensorData, ...]], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Stacks validated, spec-ordered per-item inputs into one [N, *shape] array per input."""
+def join_inputs(items: Sequence[tuple[bytes, ...]], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Stacks validated per-item input bytes (spec order) into one [N, *shape] array per input."""
     n = len(items)
     batch: dict[str, np.ndarray] = {}
     for i, spec in enumerate(specs):
-        joined = b"".join([item[i].data for item in items])
+        joined = b"".join([item[i] for item in items])
         batch[spec.name] = np.frombuffer(joined, dtype=DTYPES[spec.dtype]).reshape((n, *spec.shape))
     return batch
 
 
-def split_outputs(
-    outputs: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], n: int
-) -> list[tuple[TensorData, ...]]:
-    """Cuts [N, *shape] backend outputs into N per-item tuples, in spec order.
+def split_outputs(outputs: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], n: int) -> list[tuple[bytes, ...]]:
+    """Cuts [N, *shape] backend outputs into N per-item tuples of bytes, in spec order.
 
     Raises BadBackendOutput rather than guess when the backend's answer does not
     have exactly one row per request: a mis-assigned result is worse than an error.
@@ -120,7 +156,7 @@ def split_outputs(
     names = {s.name for s in specs}
     if set(outputs) != names:
         raise BadBackendOutput(f"backend returned outputs {sorted(outputs)}, expected {sorted(names)}")
-    columns: list[list[TensorData]] = []
+    columns: list[list[bytes]] = []
     for spec in specs:
         arr = np.asarray(outputs[spec.name])
         if arr.shape != (n, *spec.shape):
@@ -129,7 +165,5 @@ def split_outputs(
             )
         raw = np.ascontiguousarray(arr, dtype=DTYPES[spec.dtype]).tobytes()
         size = spec.nbytes
-        columns.append(
-            [TensorData(spec.name, spec.dtype, spec.shape, raw[i * size : (i + 1) * size]) for i in range(n)]
-        )
+        columns.append([raw[i * size : (i + 1) * size] for i in range(n)])
     return list(zip(*columns)) if columns else [() for _ in range(n)]

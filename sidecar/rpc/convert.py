@@ -9,9 +9,9 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
-from sidecar.core.request import Request, TensorData
+from sidecar.core.request import Request
 from sidecar.core.status import Failure
-from sidecar.core.tensors import InvalidTensors, TensorSpec, order_inputs
+from sidecar.core.tensors import InvalidTensors, TensorSpec, input_bytes
 
 
 def to_request(p: pb.InferRequest, stream: int, received_at: float, specs: Sequence[TensorSpec]) -> Request:
@@ -22,15 +22,23 @@ def to_request(p: pb.InferRequest, stream: int, received_at: float, specs: Seque
         if timeout <= 0:
             raise InvalidTensors(f"timeout must be positive, got {timeout * 1000:g} ms")
         deadline = received_at + timeout
-    inputs = [TensorData(t.name, t.dtype, tuple(t.shape), t.data) for t in p.inputs]
-    return Request(stream, p.request_id, order_inputs(inputs, specs), received_at, deadline)
+    return Request(stream, p.request_id, input_bytes(p.inputs, specs), received_at, deadline)
 
 
-def ok_response(request_id: int, outputs: Sequence[TensorData]) -> pb.InferResponse:
-    return pb.InferResponse(
-        request_id=request_id,
-        outputs=[pb.Tensor(name=t.name, dtype=t.dtype, shape=t.shape, data=t.data) for t in outputs],
-    )
+def output_templates(specs: Sequence[TensorSpec]) -> tuple[pb.Tensor, ...]:
+    """Wire tensors with everything but the data, for `ok_response` to copy."""
+    return tuple(pb.Tensor(name=s.name, dtype=s.dtype, shape=s.shape) for s in specs)
+
+
+def ok_response(request_id: int, outputs: Sequence[bytes], templates: Sequence[pb.Tensor]) -> pb.InferResponse:
+    # Copying a prepared template was ~1.8x cheaper than building each Tensor
+    # from keyword arguments (measured here, per response).
+    response = pb.InferResponse(request_id=request_id)
+    for template, data in zip(templates, outputs):
+        tensor = response.outputs.add()
+        tensor.MergeFrom(template)
+        tensor.data = data
+    return response
 
 
 def error_response(request_id: int, failure: Failure) -> pb.InferResponse:

@@ -10,6 +10,7 @@ from sidecar.core.tensors import (
     BadBackendOutput,
     InvalidTensors,
     TensorSpec,
+    input_bytes,
     join_inputs,
     order_inputs,
     split_outputs,
@@ -26,6 +27,19 @@ def good():
 def test_orders_inputs_by_spec():
     ordered = order_inputs(list(reversed(good())), SPECS)
     assert [t.name for t in ordered] == ["a", "b"]
+
+
+def test_input_bytes_takes_fast_path_and_reorders_when_needed():
+    a, b = good()
+    assert input_bytes([a, b], SPECS) == (a.data, b.data)
+    assert input_bytes([b, a], SPECS) == (a.data, b.data)
+    with pytest.raises(InvalidTensors):
+        input_bytes([a], SPECS)
+
+
+def test_spec_rejects_unknown_dtype():
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        TensorSpec("x", "complex64", (2,))
 
 
 @pytest.mark.parametrize(
@@ -50,20 +64,20 @@ def test_invalid_inputs_are_named(inputs, words):
 
 
 def test_join_then_split_round_trips_bytes():
-    items = [order_inputs([tensor([i, -i], "a"), tensor([i], "b", "int64")], SPECS) for i in range(5)]
+    items = [input_bytes([tensor([i, -i], "a"), tensor([i], "b", "int64")], SPECS) for i in range(5)]
     batch = join_inputs(items, SPECS)
     assert batch["a"].shape == (5, 2) and batch["b"].shape == (5, 1)
     np.testing.assert_array_equal(batch["a"][3], [3.0, -3.0])
     back = split_outputs({"a": batch["a"] * 2, "b": batch["b"]}, SPECS, 5)
     assert len(back) == 5
-    assert np.frombuffer(back[3][0].data, "<f4").tolist() == [6.0, -6.0]
-    assert back[4][1] == tensor([4], "b", "int64")
+    assert np.frombuffer(back[3][0], "<f4").tolist() == [6.0, -6.0]
+    assert back[4][1] == tensor([4], "b", "int64").data
 
 
 def test_split_writes_little_endian_whatever_backend_returns():
     big = np.array([[1.0, 2.0]], dtype=">f4")
     (item,) = split_outputs({"a": big, "b": np.zeros((1, 1), np.int64)}, SPECS, 1)
-    assert item[0].data == np.array([1.0, 2.0], "<f4").tobytes()
+    assert item[0] == np.array([1.0, 2.0], "<f4").tobytes()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,189 @@
+"""Throughput and latency of the sidecar against a bare gRPC echo server, same run.
+
+    python -m benchmarks.bench_infer [--seconds 5] [--inflight 64] [--rounds 2]
+
+Each server runs in its own process; the load generator (this process, uvloop)
+keeps `--inflight` requests outstanding on one stream, replacing each answered
+request at once (a closed loop). Every target is measured packed (up to 64
+requests per stream message) and unpacked (one per message), in rounds that
+alternate targets, so machine drift hits all of them alike. Ratios against the
+echo server are the figures to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sidecar.client import SidecarClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    target: str
+    mode: str
+    round: int
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def start_server(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = re.search(r"(?:serving .* on|echo serving on) (\S+)", line)
+        if match:
+            return proc, match.group(1)
+    proc.kill()
+    raise RuntimeError(f"server {args} did not start")
+
+
+async def load(address: str, inflight: int, seconds: float, max_pack: int, warmup: float) -> tuple[int, float, list[float], int]:
+    payload = {"input": np.arange(16, dtype=np.float32)}
+    latencies: list[float] = []
+    errors = 0
+    state = {"measuring": False, "stop": False, "done": 0}
+    finished = asyncio.Event()
+    outstanding = 0
+
+    async with SidecarClient(address, max_pack=max_pack) as client:
+
+        def launch() -> None:
+            nonlocal outstanding
+            start = time.perf_counter()
+            future = client.submit(payload)
+            outstanding += 1
+
+            def done(f: asyncio.Future, start: float = start) -> None:
+                nonlocal outstanding, errors
+                outstanding -= 1
+                if state["measuring"]:
+                    if f.exception() is None:
+                        latencies.append(time.perf_counter() - start)
+                    else:
+                        errors += 1
+                elif f.exception() is not None:
+                    f.exception()  # retrieved: keeps asyncio quiet
+                if not state["stop"]:
+                    launch()
+                elif outstanding == 0:
+                    finished.set()
+
+            future.add_done_callback(done)
+
+        for _ in range(inflight):
+            launch()
+        await asyncio.sleep(warmup)
+        state["measuring"] = True
+        begin = time.perf_counter()
+        await asyncio.sleep(seconds)
+        state["measuring"] = False
+        elapsed = time.perf_counter() - begin
+        state["stop"] = True
+        await asyncio.wait_for(finished.wait(), timeout=30)
+    return len(latencies), elapsed, latencies, errors
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "commit": commit + ("-dirty" if dirty else ""),
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.bench_infer", *sys.argv[1:]]),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--inflight", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--model-uri", default="mock:?base_ms=2&per_item_ms=0.02")
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra argument for `gpu-sidecar serve`")
+    parser.add_argument("--modes", default="packed,unpacked", help="comma-separated: packed, unpacked")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    def sidecar(model_uri: str) -> list[str]:
+        return ["-m", "sidecar.cli", "--log-level", "WARNING", "serve", "--endpoint", "127.0.0.1:0",
+                "--model-uri", model_uri, *args.serve_arg]
+
+    targets = {
+        "echo": ["-m", "benchmarks.echo_server", "127.0.0.1:0"],
+        "sidecar": sidecar(args.model_uri),
+        # The same pipeline with a backend that takes no time: what the sidecar itself costs.
+        "sidecar0": sidecar("mock:?base_ms=0&per_item_ms=0"),
+    }
+    modes = {m: {"packed": 64, "unpacked": 1}[m] for m in args.modes.split(",")}
+    info = machine()
+    print(" ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    results: list[Result] = []
+    procs = {name: start_server(cmd) for name, cmd in targets.items()}
+    for name, (proc, address) in procs.items():
+        print(f"{name}: pid {proc.pid} on {address}", flush=True)
+    try:
+        for rnd in range(1, args.rounds + 1):
+            for mode, pack in modes.items():
+                for name, (_, address) in procs.items():
+                    n, elapsed, lat, errors = asyncio.run(load(address, args.inflight, args.seconds, pack, args.warmup))
+                    ms = np.array(lat) * 1000 if lat else np.array([np.nan])
+                    r = Result(name, mode, rnd, n, round(elapsed, 3), round(n / elapsed, 1),
+                               round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3), errors)
+                    results.append(r)
+                    print(f"round {rnd} {mode:8} {name:9} {r.rps:>10,.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+                          f"p99 {r.p99_ms:7.2f} ms  errors {errors}", flush=True)
+    finally:
+        for proc, _ in procs.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    print(f"\nsummary over {args.rounds} round(s), {args.inflight} in flight, one stream; "
+          f"sidecar: {args.model_uri}, sidecar0: zero-latency mock")
+    print(f"{'mode':8} {'target':9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs echo':>8}")
+    for mode in modes:
+        best = {}
+        for name in targets:
+            rows = [r for r in results if r.mode == mode and r.target == name]
+            best[name] = (np.median([r.rps for r in rows]), np.median([r.p50_ms for r in rows]), np.median([r.p99_ms for r in rows]))
+        for name, (rps, p50, p99) in best.items():
+            print(f"{mode:8} {name:9} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f} {rps / best['echo'][0]:>8.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": info, "results": [asdict(r) for r in results]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
