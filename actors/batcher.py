@@ -44,7 +44,10 @@ class BatcherActor(pykka.ThreadingActor):
 
     def _timer_fired(self, at: float) -> None:
         # Runs on the timer's thread: hand over to this actor's own.
-        self.actor_ref.tell(TimerFired(at))
+        try:
+            self.actor_ref.tell(TimerFired(at))
+        except pykka.ActorDeadError:
+            pass  # fired while the actor was stopping: nothing is left to batch
 
     def on_receive(self, message: Any) -> Any:
         match message:
