@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class AdmissionActor(pykka.ThreadingActor):
+    # A hung backend call must not keep the process alive after shutdown.
+    use_daemon_thread = True
+
     def __init__(self, limits: AdmissionLimits, clock: Clock) -> None:
         super().__init__()
         self._core = Admission(limits)

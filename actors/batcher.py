@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 
 class BatcherActor(pykka.ThreadingActor):
+    # A hung backend call must not keep the process alive after shutdown.
+    use_daemon_thread = True
+
     def __init__(self, limits: BatchLimits, clock: Clock, on_drained: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self._core = Batcher(limits)

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 
 class ExecutorActor(pykka.ThreadingActor):
+    # A hung backend call must not keep the process alive after shutdown.
+    use_daemon_thread = True
+
     def __init__(self, index: int, backend: Backend, clock: Clock) -> None:
         super().__init__()
         self._index = index

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import pykka
 
 __all__ = [
+    "AbandonAll",
     "AdmitRequests",
     "Admitted",
     "BatchExecuted",
@@ -95,6 +96,13 @@ class StreamClosed:
     """The stream's client is gone: withdraw what it still has queued."""
 
     stream: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonAll:
+    """Drain timed out: answer everything still unanswered UNAVAILABLE, now."""
+
     reason: str
 
 

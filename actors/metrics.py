@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class MetricsActor(pykka.ThreadingActor):
+    # A hung backend call must not keep the process alive after shutdown.
+    use_daemon_thread = True
+
     def __init__(self) -> None:
         super().__init__()
         self._outcomes: Counter[str] = Counter()

@@ -18,6 +18,7 @@ from typing import Any
 import pykka
 
 from actors.messages import (
+    AbandonAll,
     AdmitRequests,
     BatchSucceeded,
     Connect,
@@ -51,6 +52,9 @@ OUTCOME_BY_CODE = {
 
 
 class SessionActor(pykka.ThreadingActor):
+    # A hung backend call must not keep the process alive after shutdown.
+    use_daemon_thread = True
+
     def __init__(self, spec: ModelSpec, deliver: Deliver) -> None:
         super().__init__()
         self._spec = spec
@@ -59,6 +63,8 @@ class SessionActor(pykka.ThreadingActor):
         self._peers: Peers | None = None
         self._inflight: dict[int, set[int]] = {}  # open streams -> ids awaiting an answer
         self._gone: dict[int, set[int]] = {}  # closed streams -> ids whose answers are dropped
+        # Answered UNAVAILABLE by AbandonAll; their late results are dropped uncounted.
+        self._abandoned: set[tuple[int, int]] = set()
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -71,6 +77,8 @@ class SessionActor(pykka.ThreadingActor):
                 self._answer(((r, error_response(r.request_id, f), f.code) for r, f in failures))
             case StreamClosed(stream, reason):
                 self._stream_closed(stream, reason)
+            case AbandonAll(reason):
+                self._abandon_all(reason)
             case Connect(peers):
                 self._peers = peers
             case GetSnapshot():
@@ -120,6 +128,9 @@ class SessionActor(pykka.ThreadingActor):
                 out.setdefault(stream, []).append(response)
                 counts[OUTCOME_BY_CODE[code]] += 1
                 continue
+            if request.key in self._abandoned:
+                self._abandoned.discard(request.key)
+                continue
             gone = self._gone.get(stream)
             if gone is not None and request.request_id in gone:
                 gone.discard(request.request_id)
@@ -137,6 +148,17 @@ class SessionActor(pykka.ThreadingActor):
         self._gone[stream] = ids
         assert self._peers is not None
         self._peers.batcher.tell(Withdraw(frozenset((stream, i) for i in ids), reason))
+
+    def _abandon_all(self, reason: str) -> None:
+        failure = Failure(Code.UNAVAILABLE, reason)
+        out = {s: [error_response(i, failure) for i in ids] for s, ids in self._inflight.items() if ids}
+        n = sum(len(v) for v in out.values())
+        for stream, ids in self._inflight.items():
+            self._abandoned.update((stream, i) for i in ids)
+            ids.clear()
+        if n:
+            log.warning("session: %d unanswered request(s) abandoned: %s", n, reason)
+        self._emit(out, Counter({"failed": n}) if n else Counter())
 
     def _emit(self, out: dict[int, list[Any]], counts: Counter[str]) -> None:
         if out:

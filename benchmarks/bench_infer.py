@@ -70,6 +70,7 @@ async def load(address: str, inflight: int, seconds: float, max_pack: int, warmu
     outstanding = 0
 
     async with SidecarClient(address, max_pack=max_pack) as client:
+        await client.wait_ready(timeout_s=60)
 
         def launch() -> None:
             nonlocal outstanding
@@ -137,8 +138,8 @@ def main() -> int:
     args = parser.parse_args()
 
     def sidecar(model_uri: str) -> list[str]:
-        return ["-m", "sidecar.cli", "--log-level", "WARNING", "serve", "--endpoint", "127.0.0.1:0",
-                "--model-uri", model_uri, *args.serve_arg]
+        return ["-m", "sidecar.cli", "serve", "--log-level", "WARNING", "--rpc-endpoint", "127.0.0.1:0",
+                "--health-port", "0", "--model-uri", model_uri, *args.serve_arg]
 
     targets = {
         "echo": ["-m", "benchmarks.echo_server", "127.0.0.1:0"],

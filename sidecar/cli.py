@@ -1,7 +1,12 @@
 """`gpu-sidecar`: the command line. The start-up wiring of the server lives here.
 
-    gpu-sidecar serve [--endpoint 127.0.0.1:7651] [--backend mock] [...]
-    gpu-sidecar infer --endpoint 127.0.0.1:7651 [--input '[1, 2, ...]']
+    gpu-sidecar serve  [--config FILE] [-D key=value ...] [--batch-max-size 32 ...]
+    gpu-sidecar config --print [same options as serve]
+    gpu-sidecar infer  [--endpoint 127.0.0.1:7651] [--input '[1, 2, ...]']
+
+Every key of docs/configuration.md is a flag: `sidecar.batch.max-size` is
+`--batch-max-size`. SIGTERM or SIGINT drains (see docs/operations.md); a second
+signal exits at once.
 """
 
 from __future__ import annotations
@@ -10,20 +15,24 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sidecar import __version__
-from sidecar.config import SidecarConfig
+from sidecar.config import KEYS, SidecarConfig
+from sidecar.config_loader import ConfigError, Loaded, flag_name, load, parse_assignment
+from sidecar.logs import event, setup
 
 log = logging.getLogger("sidecar")
 
-_DEFAULTS = SidecarConfig()
+EXIT_USAGE = 2
+EXIT_SECOND_SIGNAL = 1
 
 
 def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -38,24 +47,57 @@ def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return runner.run(main())
 
 
-def _config_from(args: argparse.Namespace) -> SidecarConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(SidecarConfig) if getattr(args, f.name, None) is not None}
-    return SidecarConfig(**values)
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file of configuration keys")
+    parser.add_argument("-D", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any key, e.g. -D sidecar.batch.timeout='5 ms'")
+    for k, spec in KEYS.items():
+        parser.add_argument(flag_name(k), dest=f"key:{k}", metavar="VALUE",
+                            help=f"{k} (default {spec.show(spec.default)!r}): {spec.doc}")
 
 
-async def _serve(config: SidecarConfig) -> int:
+def _load(args: argparse.Namespace) -> Loaded:
+    flags: list[tuple[str, Any, str]] = []
+    for text in args.assignments:
+        k, v = parse_assignment(text)
+        flags.append((k, v, f"-D {k}"))
+    for k in KEYS:
+        value = getattr(args, f"key:{k}")
+        if value is not None:
+            flags.append((k, value, flag_name(k)))
+    return load(args.config, os.environ, flags)
+
+
+async def _serve(loaded: Loaded) -> int:
     from sidecar.server.app import SidecarServer
 
+    config = loaded.config
+    event(log, "starting", version=__version__, **{k: v for k, v, _ in loaded.describe()})
     server = SidecarServer(config)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            event(log, "second signal: exiting at once", level=logging.WARNING, signal=sig.name)
+            os._exit(EXIT_SECOND_SIGNAL)
+        event(log, "signal received: draining", signal=sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"gpu-sidecar {__version__} serving {config.backend!r} on {server.address}", flush=True)
+        loop.add_signal_handler(sig, on_signal, sig)
+    await server.listen()
+    print(f"gpu-sidecar {__version__} serving {config.backend!r} on {server.address} "
+          f"(health http://0.0.0.0:{server.health_port}/health)", flush=True)
+    loading = asyncio.ensure_future(server.load())
+    await asyncio.wait([loading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and loading.exception() is not None:
+        await server.stop()
+        raise loading.exception()  # type: ignore[misc]
     await stop.wait()
-    log.info("signal received: stopping")
-    await server.stop()
+    if not loading.done():
+        loading.cancel()
+    await server.drain()
     return 0
 
 
@@ -69,7 +111,7 @@ async def _infer(endpoint: str, values: list[Any] | None, timeout_s: float | Non
             info = await client.model_info()
         except grpc.aio.AioRpcError as e:
             print(f"gpu-sidecar: cannot reach the sidecar at {endpoint}: {e.code().name}: {e.details()}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         inputs: dict[str, np.ndarray] = {}
         for spec in info.inputs:
             shape = tuple(spec.shape)
@@ -87,46 +129,51 @@ async def _infer(endpoint: str, values: list[Any] | None, timeout_s: float | Non
     return 0
 
 
+def _print_config(loaded: Loaded) -> int:
+    rows = loaded.describe()
+    width = max(len(k) for k, _, _ in rows)
+    for k, value, source in rows:
+        print(f"{k:<{width}}  {value!r:<24}  {source}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpu-sidecar", description="Batched inference sidecar for Flink.")
     parser.add_argument("--version", action="version", version=f"gpu-sidecar {__version__}")
-    parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the sidecar (mock backend by default)")
-    d = _DEFAULTS
-    serve.add_argument("--endpoint", help=f"host:port or unix:///path (default {d.endpoint})")
-    serve.add_argument("--backend", help=f"backend name (default {d.backend})")
-    serve.add_argument("--model-uri", dest="model_uri", help="model location, backend specific")
-    serve.add_argument("--instances", type=int, help=f"backend instances (default {d.instances})")
-    serve.add_argument("--max-batch-size", dest="max_batch_size", type=int, help=f"default {d.max_batch_size}")
-    serve.add_argument("--batch-timeout-ms", dest="batch_timeout_s", type=_ms, help=f"default {d.batch_timeout_s * 1e3:g}")
-    serve.add_argument("--max-inflight-batches", dest="max_inflight_batches", type=int, help=f"default {d.max_inflight_batches}")
-    serve.add_argument("--max-queue-length", dest="max_queue_length", type=int, help=f"default {d.max_queue_length}")
-    serve.add_argument("--max-queue-wait-ms", dest="max_queue_wait_s", type=_ms, help=f"default {d.max_queue_wait_s * 1e3:g}")
+    _add_config_options(serve)
+
+    config = sub.add_parser("config", help="show the effective configuration and where each value came from")
+    config.add_argument("--print", action="store_true", required=True, help="print it")
+    _add_config_options(config)
 
     infer = sub.add_parser("infer", help="send one request and print the result as JSON")
-    infer.add_argument("--endpoint", default=d.endpoint)
+    infer.add_argument("--endpoint", default=SidecarConfig().endpoint, help="host:port or unix:///path")
     infer.add_argument("--input", help="JSON list of values for the (single) input; random if omitted")
-    infer.add_argument("--timeout-ms", dest="timeout_s", type=_ms)
+    infer.add_argument("--timeout", dest="timeout", help="per-request timeout, e.g. '500 ms'")
     return parser
-
-
-def _ms(text: str) -> float:
-    return float(text) / 1000
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "serve":
-            return _run(lambda: _serve(_config_from(args)))
-        values = json.loads(args.input) if args.input else None
-        return _run(lambda: _infer(args.endpoint, values, args.timeout_s))
-    except (ValueError, OSError) as e:
+        if args.command == "infer":
+            from sidecar.units import parse_duration
+
+            setup()
+            timeout_s = parse_duration(args.timeout) if args.timeout else None
+            values = json.loads(args.input) if args.input else None
+            return _run(lambda: _infer(args.endpoint, values, timeout_s))
+        loaded = _load(args)
+        if args.command == "config":
+            return _print_config(loaded)
+        setup(loaded.config.log_format, loaded.config.log_level)
+        return _run(lambda: _serve(loaded))
+    except (ConfigError, ValueError, OSError) as e:
         print(f"gpu-sidecar: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

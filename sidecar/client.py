@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from grpc_status import rpc_status  # noqa: F401  (keeps grpcio-status importable for users)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
@@ -127,6 +127,21 @@ class SidecarClient:
 
     async def infer(self, inputs: Arrays, *, timeout_s: float | None = None) -> dict[str, np.ndarray]:
         return await self.submit(inputs, timeout_s=timeout_s)
+
+    async def wait_ready(self, timeout_s: float = 30.0, poll_s: float = 0.05) -> None:
+        """Waits until the server reports SERVING on grpc.health.v1; TimeoutError otherwise."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=poll_s * 20)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass  # not listening yet
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{self._target} not ready after {timeout_s:g} s")
+            await asyncio.sleep(poll_s)
 
     async def ping(self) -> pb.PingResponse:
         return await self.stub.Ping(pb.PingRequest())

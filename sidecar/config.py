@@ -1,49 +1,111 @@
 """Every limit and default of the sidecar, in one frozen object.
 
-docs/configuration.md explains each field. The Flink-style keys
-(`sidecar.batch.max-size`, ...) and their sources (file, env, flags) are the
-configuration loader's job; this object is what the rest of the code reads.
+Each field carries its Flink-style key (`sidecar.batch.max-size`), the kind of
+value it takes, and what it means; docs/configuration.md lists the same table
+(a test keeps the two in step). Where the values come from (defaults, a YAML
+file, GPU_SIDECAR_* variables, flags) is config_loader.py's job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from sidecar.core.admission import AdmissionLimits
 from sidecar.core.batcher import BatchLimits
+from sidecar.server.endpoint import grpc_address
+from sidecar.units import DURATION_SYNTAX, SIZE_SYNTAX, format_duration, format_size, parse_duration, parse_size
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What values a key takes: how to read one from text, and which are allowed."""
+
+    read: Callable[[Any], Any]  # text (or a YAML scalar) -> value; raises ValueError
+    ok: Callable[[Any], bool]  # is this typed value allowed?
+    allowed: str
+    show: Callable[[Any], str] = str
+
+    def parse(self, raw: Any) -> Any:
+        value = self.read(raw)
+        if not self.ok(value):
+            raise ValueError(raw)
+        return value
+
+
+def _read_int(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise ValueError(raw)
+    return int(str(raw).strip())
+
+
+def _integer(low: int, high: int | None = None) -> Kind:
+    return Kind(
+        _read_int,
+        lambda v: isinstance(v, int) and v >= low and (high is None or v <= high),
+        f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""),
+    )
+
+
+def _duration(positive: bool) -> Kind:
+    return Kind(
+        lambda raw: parse_duration(str(raw)),
+        lambda v: isinstance(v, int | float) and (v > 0 if positive else v >= 0),
+        ("a positive duration: " if positive else "a duration: ") + DURATION_SYNTAX,
+        format_duration,
+    )
+
+
+def _choice(*options: str) -> Kind:
+    return Kind(str, lambda v: v in options, "one of " + ", ".join(options))
+
+
+def _endpoint_ok(value: Any) -> bool:
+    try:
+        grpc_address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+TEXT = Kind(str, lambda v: isinstance(v, str), "any text")
+ENDPOINT = Kind(str, _endpoint_ok, "host:port or unix:///absolute/path")
+SIZE = Kind(lambda raw: parse_size(str(raw)), lambda v: isinstance(v, int) and v > 0, "a positive size: " + SIZE_SYNTAX, format_size)
+
+
+def key(name: str, kind: Kind, doc: str, default: Any) -> Any:
+    return field(default=default, metadata={"key": name, "kind": kind, "doc": doc})
 
 
 @dataclass(frozen=True, slots=True)
 class SidecarConfig:
-    # Where to listen: "host:port" or "unix:///path/to.sock".
-    endpoint: str = "127.0.0.1:7651"
-    backend: str = "mock"
-    model_uri: str = ""
-    # Backend instances, each with its own executor actor and thread.
-    instances: int = 1
-    max_batch_size: int = 32
-    # The batch window, counted from the oldest queued request.
-    batch_timeout_s: float = 0.002
-    # Batches handed to one executor before it finishes the first: >1 hides the
-    # round trip between batches.
-    max_inflight_batches: int = 2
-    max_queue_length: int = 4096
-    max_queue_wait_s: float = 1.0
-    max_message_bytes: int = 64 * 1024 * 1024
+    endpoint: str = key("sidecar.rpc.endpoint", ENDPOINT, "where gRPC listens: host:port (port 0 picks a free one) or unix:///path", "127.0.0.1:7651")
+    max_message_bytes: int = key("sidecar.rpc.max-message-size", SIZE, "largest gRPC message either way; response messages are packed up to half of it", 64 * 1024 * 1024)
+    backend: str = key("sidecar.model.backend", TEXT, "backend name: mock, cpu, or one registered under the gpu_sidecar.backends entry-point group", "mock")
+    model_uri: str = key("sidecar.model.uri", TEXT, "what the backend loads; for mock its options (mock:?base_ms=2&per_item_ms=0.02), for cpu a seed (cpu:?seed=0) or an .npz path", "")
+    instances: int = key("sidecar.model.instances", _integer(1), "backend instances, each with its own executor thread", 1)
+    max_batch_size: int = key("sidecar.batch.max-size", _integer(1), "largest batch; the smaller of this and the backend's own limit is used", 32)
+    batch_timeout_s: float = key("sidecar.batch.timeout", _duration(False), "the batch window, counted from the oldest queued request", 0.002)
+    max_inflight_batches: int = key("sidecar.batch.max-inflight", _integer(1), "batches one executor holds at once; 2 keeps the next batch ready so the backend never idles for a round trip", 2)
+    max_queue_length: int = key("sidecar.queue.max-length", _integer(1), "requests that may wait; beyond it RESOURCE_EXHAUSTED at once", 4096)
+    max_queue_wait_s: float = key("sidecar.queue.max-wait", _duration(True), "longest a request may wait for dispatch; then DEADLINE_EXCEEDED", 1.0)
+    health_port: int = key("sidecar.health.port", _integer(0, 65535), "HTTP port for GET /health (READY 200 / NOT_READY 503); 0 picks a free one", 7652)
+    drain_timeout_s: float = key("sidecar.drain.timeout", _duration(False), "on SIGTERM, how long in-flight requests may take to finish; the rest get UNAVAILABLE", 30.0)
+    log_format: str = key("sidecar.log.format", _choice("text", "json"), "text: one key=value line per event; json: one JSON object per line", "text")
+    log_level: str = key("sidecar.log.level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "the least severe level logged", "INFO")
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("instances", "max_batch_size", "max_inflight_batches", "max_queue_length", "max_message_bytes"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_timeout_s < 0:
-            problems.append(f"batch_timeout_s must be >= 0, got {self.batch_timeout_s}")
-        if self.max_queue_wait_s <= 0:
-            problems.append(f"max_queue_wait_s must be > 0, got {self.max_queue_wait_s}")
+        for f in fields(self):
+            kind, value = f.metadata["kind"], getattr(self, f.name)
+            if not kind.ok(value):
+                problems.append(f"{f.metadata['key']}: {value!r} is not allowed; expected {kind.allowed}")
         if self.batch_timeout_s > self.max_queue_wait_s:
             problems.append(
-                f"batch_timeout_s ({self.batch_timeout_s}) must not exceed max_queue_wait_s "
-                f"({self.max_queue_wait_s}): a batch could never fill before its requests expire"
+                f"sidecar.batch.timeout ({format_duration(self.batch_timeout_s)}) must not exceed "
+                f"sidecar.queue.max-wait ({format_duration(self.max_queue_wait_s)}): "
+                "a batch could never fill before its requests expire"
             )
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
@@ -54,3 +116,21 @@ class SidecarConfig:
     def batch_limits(self, backend_max_batch: int | None = None) -> BatchLimits:
         size = self.max_batch_size if backend_max_batch is None else min(self.max_batch_size, backend_max_batch)
         return BatchLimits(size, self.batch_timeout_s, self.instances, self.max_inflight_batches)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    key: str
+    field: str
+    kind: Kind
+    doc: str
+    default: Any
+
+    def show(self, value: Any) -> str:
+        return self.kind.show(value)
+
+
+KEYS: dict[str, KeySpec] = {
+    f.metadata["key"]: KeySpec(f.metadata["key"], f.name, f.metadata["kind"], f.metadata["doc"], f.default)
+    for f in fields(SidecarConfig)
+}

@@ -1,27 +1,53 @@
-"""The sidecar server: backends, actors and the gRPC service, started and stopped together."""
+"""The sidecar server: backends, actors, gRPC and health, started and stopped together.
+
+Start order: gRPC and health listen first (NOT_READY, requests answered
+UNAVAILABLE), then the backends load, then READY. Drain order: NOT_READY, new
+requests refused UNAVAILABLE, queued and running ones finished, bounded by the
+drain timeout, after which whatever is left is answered UNAVAILABLE; then stop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
+from grpc_reflection.v1alpha import reflection
 
+from actors.messages import AbandonAll, Drain
+from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.backends import registry
 from sidecar.backends.base import Backend
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import SidecarConfig
+from sidecar.logs import event
 from sidecar.server.endpoint import grpc_address
+from sidecar.server.health import SERVICE, Health
 from sidecar.server.ingress import Ingress
 from sidecar.server.pipeline import Pipeline, start_pipeline
 from sidecar.server.servicer import GpuSidecarServicer, add_to_server, model_info_message
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sidecar.server")
+
+# After the drain timeout, how long the UNAVAILABLE answers get to be written.
+ABANDON_GRACE_S = 5.0
+# How long stopping waits for actors (a hung executor is left behind).
+ACTOR_STOP_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    seconds: float
+    completed: bool  # everything answered within the drain timeout
+    abandoned: int  # requests answered UNAVAILABLE when the timeout passed
 
 
 class SidecarServer:
-    """`await start()` loads the model and listens; `await stop()` shuts down.
+    """`await start()` listens and loads the model; `await drain()` or `await stop()` ends it.
 
     Pass `backends` to serve prepared instances (tests inject fault-injecting
     mocks this way); otherwise `config.instances` are made from the registry.
@@ -39,7 +65,10 @@ class SidecarServer:
         self._backends = backends
         self._server: grpc.aio.Server | None = None
         self._pipeline: Pipeline | None = None
-        self.port: int | None = None  # the bound TCP port (useful with port 0)
+        self._ingress: Ingress | None = None
+        self.health = Health()
+        self.port: int | None = None  # the bound gRPC TCP port (useful with port 0)
+        self.health_port: int | None = None
 
     @property
     def pipeline(self) -> Pipeline:
@@ -52,44 +81,106 @@ class SidecarServer:
         address = grpc_address(self.config.endpoint)
         if address.startswith("unix:"):
             return address
-        host = address.rsplit(":", 1)[0]
-        return f"{host}:{self.port}"
+        return f"{address.rsplit(':', 1)[0]}:{self.port}"
 
     async def start(self) -> None:
-        config = self.config
-        loop = asyncio.get_running_loop()
-        backends = self._backends or [registry.create(config.backend, config.model_uri) for _ in range(config.instances)]
-        ingress = Ingress(loop, self._clock)
-        # Loading can take minutes on a real model; keep the loop free meanwhile.
-        self._pipeline = await asyncio.to_thread(start_pipeline, config, self._clock, backends, ingress.deliver)
-        ingress.attach(self._pipeline.peers.session)
-        log.info("backend %r loaded: %d instance(s), max batch %d", config.backend, config.instances, self._pipeline.batch_size)
+        """Listens at once (NOT_READY), then loads the model and turns READY."""
+        await self.listen()
+        await self.load()
 
-        options = [
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        server = grpc.aio.server(options=options)
-        info = model_info_message(backends[0].name, config.model_uri, self._pipeline.info, self._pipeline.batch_size, config)
-        add_to_server(GpuSidecarServicer(ingress, info, config), server)
-        try:
-            self.port = server.add_insecure_port(grpc_address(config.endpoint))
-            await server.start()
-        except BaseException:
-            await asyncio.to_thread(self._pipeline.stop)
-            raise
+    async def listen(self) -> None:
+        config = self.config
+        self._ingress = Ingress(asyncio.get_running_loop(), self._clock)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._servicer = GpuSidecarServicer(self._ingress, config)
+        add_to_server(self._servicer, server)
+        self.health.add_to_server(server)
+        reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["GpuSidecar"].full_name, "grpc.health.v1.Health", reflection.SERVICE_NAME),
+            server,
+        )
+        await self.health.set_ready(False)
+        self.port = server.add_insecure_port(grpc_address(config.endpoint))
+        await server.start()
         self._server = server
-        log.info("serving on %s", self.address)
+        self.health_port = await self.health.start_http(config.health_port)
+        event(log, "listening", endpoint=self.address, health_port=self.health_port, grpc_service=SERVICE)
+
+    async def load(self) -> None:
+        config = self.config
+        started = time.monotonic()
+        backends = self._backends or [registry.create(config.backend, config.model_uri) for _ in range(config.instances)]
+        assert self._ingress is not None, "listen() first"
+        # Loading can take minutes on a real model; the loop keeps serving meanwhile.
+        self._pipeline = await asyncio.to_thread(
+            start_pipeline, config, self._clock, backends, self._ingress.deliver, self._drained
+        )
+        info = self._pipeline.info
+        self._servicer.model_info = model_info_message(backends[0].name, info, self._pipeline.batch_size, config)
+        self._ingress.attach(self._pipeline.peers.session)
+        event(
+            log, "backend loaded", backend=backends[0].name, instances=config.instances,
+            max_batch=self._pipeline.batch_size, load_s=round(time.monotonic() - started, 3),
+        )
+        await self.health.set_ready(True)
+        event(log, "ready", endpoint=self.address)
+
+    def _drained(self) -> None:
+        event(log, "batcher drained")  # called on the batcher's thread
+
+    async def drain(self, timeout_s: float | None = None) -> DrainReport:
+        """Finishes what is in flight (bounded), refusing new work, then stops."""
+        timeout_s = self.config.drain_timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        ingress = self._ingress
+        await self.health.set_ready(False)
+        abandoned = 0
+        completed = True
+        if ingress is not None:
+            event(log, "drain started", open_streams=ingress.open_streams, outstanding=ingress.outstanding, timeout_s=timeout_s)
+            ingress.start_draining()
+            if self._pipeline is not None:
+                peers = self._pipeline.peers
+                peers.admission.tell(Drain())
+                peers.batcher.tell(Drain())
+            completed = await ingress.wait_idle(timeout_s)
+            if not completed:
+                abandoned = ingress.outstanding
+                if self._pipeline is not None:
+                    reason = f"the sidecar is shutting down and its drain timeout of {timeout_s:g} s passed"
+                    self._pipeline.peers.session.tell(AbandonAll(reason))
+                await ingress.wait_idle(ABANDON_GRACE_S)
+        report = DrainReport(round(time.monotonic() - started, 3), completed, abandoned)
+        event(log, "drain finished", seconds=report.seconds, completed=completed, abandoned=abandoned)
+        await self.stop()
+        return report
 
     async def stop(self, grace_s: float | None = 1.0) -> None:
+        await self.health.set_ready(False)
+        await self.health.stop_http()
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+            _remove_unix_socket(self.config.endpoint)
         if self._pipeline is not None:
-            await asyncio.to_thread(self._pipeline.stop)
+            stuck = await asyncio.to_thread(self._pipeline.stop, ACTOR_STOP_S)
+            if stuck:
+                event(log, "actors left running", level=logging.WARNING, actors=",".join(stuck))
             self._pipeline = None
+        event(log, "stopped")
 
-    async def wait(self) -> None:
-        assert self._server is not None
-        await self._server.wait_for_termination()
+
+def _remove_unix_socket(endpoint: str) -> None:
+    address = grpc_address(endpoint)
+    if address.startswith("unix:"):
+        path = address.removeprefix("unix://") if address.startswith("unix://") else address.removeprefix("unix:")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

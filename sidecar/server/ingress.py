@@ -17,23 +17,30 @@ import pykka
 
 from actors.messages import RequestsReceived, StreamClosed
 from sidecar.clock import Clock
+from sidecar.core.status import Code, Failure
+from sidecar.rpc.convert import error_response
+
+NOT_READY = Failure(Code.UNAVAILABLE, "the sidecar is starting: the model is not loaded yet; retry shortly")
 
 
 class Stream:
     """One Infer call's state, touched only on the event loop."""
 
-    __slots__ = ("id", "outbox", "wakeup", "outstanding", "reading_done")
+    __slots__ = ("id", "outbox", "wakeup", "outstanding", "reading_done", "draining")
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, draining: bool) -> None:
         self.id = stream_id
         self.outbox: list[Any] = []
         self.wakeup = asyncio.Event()
         self.outstanding = 0  # requests sent on, not yet answered
         self.reading_done = False
+        self.draining = draining
 
     @property
     def finished(self) -> bool:
-        return self.reading_done and self.outstanding == 0 and not self.outbox
+        """Everything it sent is answered and written, and no more will come (or
+        the server is draining, which ends a stream as soon as it is answered)."""
+        return (self.reading_done or self.draining) and self.outstanding == 0 and not self.outbox
 
 
 class Ingress:
@@ -45,6 +52,9 @@ class Ingress:
         self._ids = itertools.count(1)
         self._pending: list[tuple[int, Sequence[Any]]] = []
         self._flush_scheduled = False
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def attach(self, session: pykka.ActorRef[Any]) -> None:
         self._session = session
@@ -53,12 +63,36 @@ class Ingress:
     def open_streams(self) -> int:
         return len(self._streams)
 
+    @property
+    def outstanding(self) -> int:
+        return sum(s.outstanding for s in self._streams.values())
+
     def open_stream(self) -> Stream:
-        stream = Stream(next(self._ids))
+        stream = Stream(next(self._ids), self._draining)
         self._streams[stream.id] = stream
+        self._idle.clear()
         return stream
 
+    def start_draining(self) -> None:
+        """From now on every stream ends as soon as all it sent is answered."""
+        self._draining = True
+        for stream in self._streams.values():
+            stream.draining = True
+            stream.wakeup.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Waits until no stream is open; False if `timeout_s` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     def submit(self, stream: Stream, requests: Sequence[Any]) -> None:
+        if self._session is None:
+            stream.outbox.extend(error_response(r.request_id, NOT_READY) for r in requests)
+            stream.wakeup.set()
+            return
         stream.outstanding += len(requests)
         self._pending.append((stream.id, requests))
         if not self._flush_scheduled:
@@ -70,6 +104,8 @@ class Ingress:
         self._flush()  # its last requests must reach the session before the close
         if self._streams.pop(stream.id, None) is not None and self._session is not None:
             self._session.tell(StreamClosed(stream.id, reason))
+        if not self._streams:
+            self._idle.set()
 
     def deliver(self, out: dict[int, list[Any]]) -> None:
         """Called from actor threads."""

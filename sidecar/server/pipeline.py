@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import time
 from dataclasses import dataclass
 
 import pykka
@@ -28,11 +29,24 @@ class Pipeline:
     info: BackendInfo
     batch_size: int  # the smaller of the config's and the backend's limit
 
-    def stop(self) -> None:
-        """Stops actors upstream first, so nothing is sent to an actor already gone."""
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
+        """Asks every actor to stop and waits up to `timeout_s` in all.
+
+        Returns the actors that did not stop in time (an executor stuck in a hung
+        backend call, say); their threads are daemons and end with the process.
+        """
         p = self.peers
-        for ref in (p.session, p.admission, p.batcher, *p.executors, p.metrics):
-            ref.stop(block=True, timeout=STOP_TIMEOUT_S)
+        refs = {"session": p.session, "admission": p.admission, "batcher": p.batcher, "metrics": p.metrics}
+        refs.update({f"executor {i}": ref for i, ref in enumerate(p.executors)})
+        futures = {name: ref.stop(block=False) for name, ref in refs.items()}
+        deadline = time.monotonic() + timeout_s
+        stuck = []
+        for name, future in futures.items():
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except pykka.Timeout:
+                stuck.append(name)
+        return stuck
 
 
 def start_pipeline(
@@ -63,7 +77,7 @@ def start_pipeline(
         started.append(session)
     except BaseException:
         for ref in started:
-            ref.stop(block=True, timeout=STOP_TIMEOUT_S)
+            ref.stop(block=False)
         raise
     peers = Peers(session, admission, batcher, tuple(executors), metrics)
     for ref in started:

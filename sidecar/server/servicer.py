@@ -13,6 +13,7 @@ import grpc
 from sidecar import __version__
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
+from sidecar.backends.base import BackendInfo
 from sidecar.config import SidecarConfig
 from sidecar.rpc.convert import duration, tensor_spec
 from sidecar.server.ingress import Ingress, Stream
@@ -21,9 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
-    def __init__(self, ingress: Ingress, model_info: pb.ModelInfo, config: SidecarConfig) -> None:
+    def __init__(self, ingress: Ingress, config: SidecarConfig) -> None:
         self._ingress = ingress
-        self._model_info = model_info
+        self.model_info: pb.ModelInfo | None = None  # set once the backend has loaded
         # Responses are packed up to half the message limit, leaving room for framing.
         self._pack_bytes = config.max_message_bytes // 2
         self._started = time.monotonic()
@@ -70,13 +71,15 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
         return pb.PingResponse(version=__version__, uptime=duration(time.monotonic() - self._started))
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Any) -> pb.ModelInfo:
-        return self._model_info
+        if self.model_info is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        return self.model_info
 
 
-def model_info_message(backend: str, model_uri: str, info: Any, batch_size: int, config: SidecarConfig) -> pb.ModelInfo:
+def model_info_message(backend: str, info: BackendInfo, batch_size: int, config: SidecarConfig) -> pb.ModelInfo:
     return pb.ModelInfo(
         backend=backend,
-        model_uri=model_uri,
+        model_uri=config.model_uri,
         inputs=[tensor_spec(s) for s in info.spec.inputs],
         outputs=[tensor_spec(s) for s in info.spec.outputs],
         limits=pb.Limits(

@@ -40,8 +40,9 @@ def batcher_state(peers):
 
 def send(clock, peers, ids, stream=1):
     peers.session.tell(RequestsReceived([(stream, [wire_request(i) for i in ids])], clock.now()))
-    peers.session.ask(GetSnapshot(), timeout=WAIT_S)
-    peers.admission.ask(GetSnapshot(), timeout=WAIT_S)
+    # Barriers, in pipeline order: each ask is answered after what was told before it.
+    for ref in (peers.session, peers.admission, peers.batcher):
+        ref.ask(GetSnapshot(), timeout=WAIT_S)
 
 
 def test_partial_batch_waits_until_clock_passes_window(rig):
