@@ -36,7 +36,7 @@ log = logging.getLogger("sidecar.server")
 # After the drain timeout, how long the UNAVAILABLE answers get to be written.
 ABANDON_GRACE_S = 5.0
 # How long stopping waits for actors (a hung executor is left behind).
-ACTOR_STOP_S = 2.0
+ACTOR_STOP_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)

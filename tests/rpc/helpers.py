@@ -28,6 +28,7 @@ async def serving(transport: str = "tcp", **overrides: Any) -> AsyncIterator[Sid
         endpoint = f"unix://{socket_dir}/sidecar.sock"
     else:
         endpoint = "127.0.0.1:0"
+    overrides.setdefault("health_port", 0)
     server = SidecarServer(SidecarConfig(endpoint=endpoint, **overrides), backends=backends)
     await server.start()
     try:
