@@ -8,6 +8,7 @@ file, GPU_SIDECAR_* variables, flags) is config_loader.py's job.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -37,7 +38,10 @@ class Kind:
 def _read_int(raw: Any) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int | str):
         raise ValueError(raw)
-    return int(str(raw).strip())
+    text = str(raw).strip()
+    if not re.fullmatch(r"-?[0-9]+", text):  # not int(): it also takes "1_000" and non-ASCII digits
+        raise ValueError(raw)
+    return int(text)
 
 
 def _integer(low: int, high: int | None = None) -> Kind:

@@ -72,6 +72,8 @@ def load(
     sources = {k: "default" for k in KEYS}
     for k, (v, source) in raw.items():
         spec = KEYS[k]
+        if v is None:
+            raise ConfigError(f"{k} (from {source}) has no value; give one or remove the key")
         try:
             values[spec.field] = spec.kind.parse(v)
         except ValueError:
@@ -97,6 +99,8 @@ def _read_yaml(file: Path) -> dict[str, Any]:
         data = yaml.safe_load(Path(file).read_text())
     except OSError as e:
         raise ConfigError(f"cannot read config file {file}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {file} is not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {file} is not valid YAML: {e}") from None
     if data is None:

@@ -31,7 +31,7 @@ _SIZE_UNITS = {
     "t": 1 << 40, "tb": 1 << 40, "tebibytes": 1 << 40,
 }  # fmt: skip
 
-_AMOUNT = re.compile(r"^\s*(\d+)\s*([a-zA-Zµ]*)\s*$")
+_AMOUNT = re.compile(r"^\s*([0-9]+)\s*([a-zA-Zµ]*)\s*$")  # ASCII digits only, as Flink
 
 DURATION_SYNTAX = "an integer with an optional unit (ns, us, ms, s, min, h, d), e.g. '5 ms' or '2 s'"
 SIZE_SYNTAX = "an integer with an optional unit (b, kb, mb, gb, tb), e.g. '64 mb'"
@@ -61,7 +61,7 @@ def format_duration(seconds: float) -> str:
         return "0 ms"
     for unit, scale in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1), ("ms", 1e-3), ("us", 1e-6)):
         amount = seconds / scale
-        if amount >= 1 and abs(amount - round(amount)) < 1e-9:
+        if amount >= 1 and abs(amount - round(amount)) < 1e-9 * amount:
             return f"{round(amount)} {unit}"
     return f"{round(seconds / 1e-9)} ns"
 
