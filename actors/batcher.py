@@ -19,6 +19,7 @@ from actors.messages import (
     FailRequests,
     GetSnapshot,
     Peers,
+    QueueDepth,
     QueueReleased,
     RequestsAdmitted,
     TimerFired,
@@ -41,6 +42,7 @@ class BatcherActor(pykka.ThreadingActor):
         self._on_drained = on_drained
         self._peers: Peers | None = None
         self._timer = clock.timer(self._timer_fired)
+        self._reported_depth = 0
 
     def on_stop(self) -> None:
         self._timer.close()
@@ -88,3 +90,6 @@ class BatcherActor(pykka.ThreadingActor):
                     peers.admission.tell(action)
                 case Drained():
                     self._on_drained()
+        if self._core.queue_depth != self._reported_depth:
+            self._reported_depth = self._core.queue_depth
+            peers.metrics.tell(QueueDepth(self._reported_depth))

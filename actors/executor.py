@@ -14,11 +14,12 @@ import pykka
 
 from actors.messages import (
     BatchExecuted,
+    BatchFailed,
     BatchSucceeded,
+    BatchTiming,
     Connect,
     DispatchBatch,
     ExecutorFree,
-    FailRequests,
     LoadBackend,
     Peers,
 )
@@ -67,16 +68,28 @@ class ExecutorActor(pykka.ThreadingActor):
         assert peers is not None and spec is not None, "Connect and LoadBackend must come first"
         requests = batch.requests
         started = self._clock.now()
-        result: BatchSucceeded | FailRequests
+        outputs = None
         try:
             inputs = join_inputs([r.inputs for r in requests], spec.inputs)
-            outputs = self._backend.infer(inputs)
-            result = BatchSucceeded(requests, split_outputs(outputs, spec.outputs, len(requests)))
+            outputs = split_outputs(self._backend.infer(inputs), spec.outputs, len(requests))
         except Exception as e:  # any backend error fails this batch, and only this batch
             log.warning("executor %d: batch %d failed: %s", self._index, batch.batch_id, e)
             failure = Failure(Code.INTERNAL, f"backend {self._backend.name!r} failed: {type(e).__name__}: {e}")
-            result = FailRequests(tuple((r, failure) for r in requests))
-        compute_s = self._clock.now() - started
+        completed_at = self._clock.now()
+        compute_s = completed_at - started
         peers.batcher.tell(ExecutorFree(self._index, compute_s))
-        peers.session.tell(result)
-        peers.metrics.tell(BatchExecuted(self._index, len(requests), compute_s, isinstance(result, BatchSucceeded)))
+        if outputs is not None:
+            peers.session.tell(BatchSucceeded(requests, outputs, BatchTiming(batch, compute_s, completed_at)))
+        else:
+            peers.session.tell(BatchFailed(tuple((r, failure) for r in requests), completed_at))
+        dispatched_at = batch.dispatched_at
+        peers.metrics.tell(
+            BatchExecuted(
+                self._index,
+                len(requests),
+                compute_s,
+                outputs is not None,
+                dispatched_at - batch.enqueued_at[0],
+                tuple(dispatched_at - t for t in batch.enqueued_at),
+            )
+        )

@@ -7,10 +7,11 @@ into a twin class.
 
 Flow:  ingress -RequestsReceived-> session -AdmitRequests-> admission
        admission -RequestsAdmitted-> batcher -DispatchBatch-> executor
-       executor -BatchSucceeded / FailRequests-> session -> ingress (the event loop)
+       executor -BatchSucceeded / BatchFailed-> session -> ingress (the event loop)
        executor -ExecutorFree-> batcher -QueueReleased-> admission
        anyone -FailRequests-> session;  session -Withdraw-> batcher
-       session, executor -> metrics (OutcomesCounted, BatchExecuted)
+       session, executor, batcher, ingress -> metrics (OutcomesCounted, BatchExecuted,
+       QueueDepth, ResponsesWritten, AnswersDropped)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sidecar.core.batcher import (
     Withdraw,
 )
 from sidecar.core.request import Request
+from sidecar.core.status import Failure
 
 if TYPE_CHECKING:
     import pykka
@@ -39,8 +41,11 @@ __all__ = [
     "AbandonAll",
     "AdmitRequests",
     "Admitted",
+    "AnswersDropped",
     "BatchExecuted",
+    "BatchFailed",
     "BatchSucceeded",
+    "BatchTiming",
     "Connect",
     "DispatchBatch",
     "Drain",
@@ -51,9 +56,11 @@ __all__ = [
     "LoadBackend",
     "OutcomesCounted",
     "Peers",
+    "QueueDepth",
     "QueueReleased",
     "RequestsAdmitted",
     "RequestsReceived",
+    "ResponsesWritten",
     "StreamClosed",
     "TimerFired",
     "Withdraw",
@@ -118,9 +125,25 @@ class AdmitRequests:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchTiming:
+    batch: DispatchBatch  # carries enqueued_at per request and dispatched_at
+    compute_s: float
+    completed_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class BatchSucceeded:
     requests: tuple[Request, ...]
     outputs: Sequence[tuple[bytes, ...]]  # per request (same order): bytes per model output
+    timing: BatchTiming
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFailed:
+    """The backend raised or returned outputs that do not fit: fail the whole batch."""
+
+    failures: tuple[tuple[Request, Failure], ...]
+    completed_at: float
 
 
 # ---- -> metrics --------------------------------------------------------------------
@@ -139,6 +162,31 @@ class BatchExecuted:
     size: int
     compute_s: float
     ok: bool
+    formation_s: float  # oldest request enqueued -> batch dispatched
+    queue_waits_s: tuple[float, ...]  # per request: enqueued -> dispatched
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Requests queued in the batcher now; sent when it changes."""
+
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesWritten:
+    """One response message written by the event loop: per-response stage times."""
+
+    end_to_end_s: tuple[float, ...]  # received -> written
+    delivery_s: tuple[float, ...]  # answer known -> written
+
+
+@dataclass(frozen=True, slots=True)
+class AnswersDropped:
+    """Answers counted by the session whose stream was gone before they could be
+    written: move them from their outcome to `cancelled`."""
+
+    outcomes: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)

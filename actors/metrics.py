@@ -1,47 +1,127 @@
-"""Metrics actor: the one place outcome counts and batch statistics add up.
+"""Metrics actor: the one writer of the sidecar's metrics (group `gpuSidecar`).
 
-For now it keeps plain counters and a batch-size tally; the Flink-style metric
-registry will sit behind the same messages.
+Every other actor, and the event loop, reports here with `tell`; reporters
+(Prometheus, log, in-memory, GetMetrics) read the metric objects from their own
+threads. Timings arrive once per batch or per written message, as lists, so the
+hot path pays one message per batch, not one per request. docs/metrics.md lists
+every metric and the stage boundaries of the latencies.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 import pykka
 
-from actors.messages import BatchExecuted, Connect, GetCounts, OutcomesCounted
+from actors.messages import (
+    AnswersDropped,
+    BatchExecuted,
+    Connect,
+    GetCounts,
+    OutcomesCounted,
+    QueueDepth,
+    ResponsesWritten,
+)
+from sidecar.clock import Clock
+from sidecar.metrics.group import MetricGroup
+from sidecar.metrics.types import Counter, Histogram, MeterView
 
 log = logging.getLogger(__name__)
 
+# Outcome (as the session counts it) -> counter name. Every received request
+# ends in exactly one of these, or is still in flight.
+OUTCOME_COUNTERS = {
+    "succeeded": "requestsSucceeded",
+    "rejected": "requestsRejected",
+    "expired": "requestsExpired",
+    "cancelled": "requestsCancelled",
+    "failed": "requestsFailed",
+    "invalid": "requestsInvalid",
+}
+US = 1e6  # latency histograms are in microseconds, like Flink's latency metrics
+
 
 class MetricsActor(pykka.ThreadingActor):
-    # A hung backend call must not keep the process alive after shutdown.
     use_daemon_thread = True
 
-    def __init__(self) -> None:
+    def __init__(self, group: MetricGroup, clock: Clock, executors: int, histogram_window: int = 128) -> None:
         super().__init__()
-        self._outcomes: Counter[str] = Counter()
-        self._batch_sizes: Counter[int] = Counter()
-        self._batches_failed = 0
+        self._queue_depth = 0
+        self._received = group.counter("requestsReceived")
+        self._outcomes = {name: group.counter(metric) for name, metric in OUTCOME_COUNTERS.items()}
+        group.gauge("queueDepth", lambda: self._queue_depth)
+        group.gauge("inflightRequests", self._inflight)
+        self._received_rate = group.meter("requestsPerSecond", MeterView(clock.now))
+
+        def histogram(name: str, g: MetricGroup = group) -> Histogram:
+            return g.histogram(name, Histogram(histogram_window))
+
+        self._batch_size = histogram("batchSize")
+        self._end_to_end = histogram("endToEndLatency")
+        self._queue_wait = histogram("queueWaitLatency")
+        self._formation = histogram("batchFormationLatency")
+        self._compute = histogram("computeLatency")
+        self._delivery = histogram("deliveryLatency")
+        self._batches = group.counter("batchesExecuted")
+        self._batches_failed = group.counter("batchesFailed")
+        self._batch_rate = group.meter("batchesPerSecond", MeterView(clock.now))
+        self._per_instance: list[tuple[Counter, Histogram]] = []
+        for i in range(executors):
+            instance = group.add_group("instance", str(i))
+            self._per_instance.append((instance.counter("batchesExecuted"), histogram("computeLatency", instance)))
+
+    def _inflight(self) -> int:
+        """Received and not yet answered: the invariant of design.md, read off the counters."""
+        return self._received.count - sum(c.count for c in self._outcomes.values())
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case OutcomesCounted(counts):
-                self._outcomes.update(dict(counts))
-            case BatchExecuted(_, size, _, ok):
-                self._batch_sizes[size] += 1
-                self._batches_failed += not ok
+                for name, n in counts:
+                    if name == "received":
+                        self._received.inc(n)
+                        self._received_rate.mark_event(n)
+                    else:
+                        self._outcomes[name].inc(n)
+            case BatchExecuted(executor, size, compute_s, ok, formation_s, queue_waits_s):
+                self._batch_size.update(size)
+                self._compute.update(compute_s * US)
+                self._formation.update(formation_s * US)
+                self._queue_wait.update_many([w * US for w in queue_waits_s])
+                self._batches.inc()
+                self._batch_rate.mark_event()
+                if not ok:
+                    self._batches_failed.inc()
+                batches, compute = self._per_instance[executor]
+                batches.inc()
+                compute.update(compute_s * US)
+            case ResponsesWritten(end_to_end_s, delivery_s):
+                self._end_to_end.update_many([t * US for t in end_to_end_s])
+                self._delivery.update_many([t * US for t in delivery_s])
+            case QueueDepth(depth):
+                self._queue_depth = depth
+            case AnswersDropped(outcomes):
+                for name, n in outcomes:
+                    self._outcomes[name].dec(n)
+                    self._outcomes["cancelled"].inc(n)
             case GetCounts():
-                return {
-                    "outcomes": dict(self._outcomes),
-                    "batch_sizes": dict(self._batch_sizes),
-                    "batches_failed": self._batches_failed,
-                }
+                return self._counts()
             case Connect():
                 pass
             case _:
                 log.error("metrics: unexpected message %r", message)
         return None
+
+    def _counts(self) -> dict[str, Any]:
+        outcomes = {name: c.count for name, c in self._outcomes.items() if c.count}
+        if self._received.count:
+            outcomes["received"] = self._received.count
+        return {
+            "outcomes": outcomes,
+            "batch_sizes_seen": self._batch_size.count,
+            "batches": self._batches.count,
+            "batches_failed": self._batches_failed.count,
+            "queue_depth": self._queue_depth,
+            "inflight": self._inflight(),
+        }

@@ -6,6 +6,8 @@ of ~1.5; one fed per loop pass saw 4-13). It turns wire requests into core
 requests (answering bad ones INVALID_ARGUMENT at once), remembers which ids are in
 flight on which stream, and routes every answer back to its stream, exactly once.
 Answers for a stream whose client has gone are dropped and counted cancelled.
+
+It is also where outcomes are counted: every answer passes through here once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import pykka
 from actors.messages import (
     AbandonAll,
     AdmitRequests,
+    BatchFailed,
     BatchSucceeded,
+    BatchTiming,
     Connect,
     FailRequests,
     GetSnapshot,
@@ -30,15 +34,18 @@ from actors.messages import (
     StreamClosed,
     Withdraw,
 )
+from sidecar.clock import Clock
 from sidecar.core.request import Request
 from sidecar.core.status import Code, Failure
 from sidecar.core.tensors import InvalidTensors, ModelSpec
-from sidecar.rpc.convert import error_response, ok_response, output_templates, to_request
+from sidecar.rpc.convert import error_response, ok_response, output_templates, timing, to_request
 
 log = logging.getLogger(__name__)
 
-# Responses grouped by stream id; called once per handled message.
-Deliver = Callable[[dict[int, list[Any]]], None]
+# One answer on its way to a stream: (wire response, received_at, completed_at).
+Outgoing = tuple[Any, float, float]
+# Answers grouped by stream id; called once per handled message.
+Deliver = Callable[[dict[int, list[Outgoing]]], None]
 
 OUTCOME_BY_CODE = {
     Code.OK: "succeeded",
@@ -52,16 +59,17 @@ OUTCOME_BY_CODE = {
 
 
 class SessionActor(pykka.ThreadingActor):
-    # A hung backend call must not keep the process alive after shutdown.
     use_daemon_thread = True
 
-    def __init__(self, spec: ModelSpec, deliver: Deliver) -> None:
+    def __init__(self, spec: ModelSpec, deliver: Deliver, clock: Clock) -> None:
         super().__init__()
         self._spec = spec
         self._templates = output_templates(spec.outputs)
         self._deliver = deliver
+        self._clock = clock
         self._peers: Peers | None = None
-        self._inflight: dict[int, set[int]] = {}  # open streams -> ids awaiting an answer
+        # open streams -> {request id awaiting an answer: received_at}
+        self._inflight: dict[int, dict[int, float]] = {}
         self._gone: dict[int, set[int]] = {}  # closed streams -> ids whose answers are dropped
         # Answered UNAVAILABLE by AbandonAll; their late results are dropped uncounted.
         self._abandoned: set[tuple[int, int]] = set()
@@ -70,11 +78,12 @@ class SessionActor(pykka.ThreadingActor):
         match message:
             case RequestsReceived(items, received_at):
                 self._received(items, received_at)
-            case BatchSucceeded(requests, outputs):
-                t = self._templates
-                self._answer(((r, ok_response(r.request_id, o, t), Code.OK) for r, o in zip(requests, outputs)))
+            case BatchSucceeded(requests, outputs, batch_timing):
+                self._answer(self._successes(requests, outputs, batch_timing), batch_timing.completed_at)
+            case BatchFailed(failures, completed_at):
+                self._answer(((r, error_response(r.request_id, f), f.code) for r, f in failures), completed_at)
             case FailRequests(failures):
-                self._answer(((r, error_response(r.request_id, f), f.code) for r, f in failures))
+                self._answer(((r, error_response(r.request_id, f), f.code) for r, f in failures), self._clock.now())
             case StreamClosed(stream, reason):
                 self._stream_closed(stream, reason)
             case AbandonAll(reason):
@@ -93,10 +102,10 @@ class SessionActor(pykka.ThreadingActor):
     def _received(self, items: Sequence[tuple[int, Sequence[Any]]], received_at: float) -> None:
         assert self._peers is not None, "Connect must come first"
         accepted: list[Request] = []
-        out: dict[int, list[Any]] = {}
+        out: dict[int, list[Outgoing]] = {}
         counts: Counter[str] = Counter()
         for stream, wire_requests in items:
-            ids = self._inflight.setdefault(stream, set())
+            ids = self._inflight.setdefault(stream, {})
             counts["received"] += len(wire_requests)
             for p in wire_requests:
                 failure = None
@@ -105,27 +114,38 @@ class SessionActor(pykka.ThreadingActor):
                 else:
                     try:
                         accepted.append(to_request(p, stream, received_at, self._spec.inputs))
-                        ids.add(p.request_id)
+                        ids[p.request_id] = received_at
                     except InvalidTensors as e:
                         failure = f"request {p.request_id}: {e}"
                 if failure is not None:
-                    out.setdefault(stream, []).append(
-                        error_response(p.request_id, Failure(Code.INVALID_ARGUMENT, failure))
-                    )
+                    response = error_response(p.request_id, Failure(Code.INVALID_ARGUMENT, failure))
+                    out.setdefault(stream, []).append((response, received_at, received_at))
                     counts["invalid"] += 1
         if accepted:
             self._peers.admission.tell(AdmitRequests(tuple(accepted)))
         self._emit(out, counts)
 
-    def _answer(self, answers: Iterable[tuple[Request, Any, Code]]) -> None:
-        out: dict[int, list[Any]] = {}
+    def _successes(
+        self, requests: Sequence[Request], outputs: Sequence[tuple[bytes, ...]], batch_timing: BatchTiming
+    ) -> Iterable[tuple[Request, Any, Code]]:
+        templates = self._templates
+        for i, (r, o) in enumerate(zip(requests, outputs)):
+            response = ok_response(r.request_id, o, templates)
+            if r.return_timing:
+                batch = batch_timing.batch
+                queue_wait = batch.dispatched_at - batch.enqueued_at[i]
+                response.timing.CopyFrom(timing(queue_wait, batch_timing.compute_s, len(requests)))
+            yield r, response, Code.OK
+
+    def _answer(self, answers: Iterable[tuple[Request, Any, Code]], completed_at: float) -> None:
+        out: dict[int, list[Outgoing]] = {}
         counts: Counter[str] = Counter()
         for request, response, code in answers:
             stream = request.stream
             ids = self._inflight.get(stream)
             if ids is not None and request.request_id in ids:
-                ids.discard(request.request_id)
-                out.setdefault(stream, []).append(response)
+                del ids[request.request_id]
+                out.setdefault(stream, []).append((response, request.received_at, completed_at))
                 counts[OUTCOME_BY_CODE[code]] += 1
                 continue
             if request.key in self._abandoned:
@@ -145,22 +165,25 @@ class SessionActor(pykka.ThreadingActor):
         ids = self._inflight.pop(stream, None)
         if not ids:
             return
-        self._gone[stream] = ids
+        self._gone[stream] = set(ids)
         assert self._peers is not None
         self._peers.batcher.tell(Withdraw(frozenset((stream, i) for i in ids), reason))
 
     def _abandon_all(self, reason: str) -> None:
         failure = Failure(Code.UNAVAILABLE, reason)
-        out = {s: [error_response(i, failure) for i in ids] for s, ids in self._inflight.items() if ids}
-        n = sum(len(v) for v in out.values())
+        now = self._clock.now()
+        out: dict[int, list[Outgoing]] = {}
+        n = 0
         for stream, ids in self._inflight.items():
+            out[stream] = [(error_response(i, failure), received_at, now) for i, received_at in ids.items()]
             self._abandoned.update((stream, i) for i in ids)
+            n += len(ids)
             ids.clear()
         if n:
             log.warning("session: %d unanswered request(s) abandoned: %s", n, reason)
-        self._emit(out, Counter({"failed": n}) if n else Counter())
+        self._emit({s: v for s, v in out.items() if v}, Counter({"failed": n}) if n else Counter())
 
-    def _emit(self, out: dict[int, list[Any]], counts: Counter[str]) -> None:
+    def _emit(self, out: dict[int, list[Outgoing]], counts: Counter[str]) -> None:
         if out:
             self._deliver(out)
         if counts and self._peers is not None:

@@ -65,6 +65,21 @@ def _choice(*options: str) -> Kind:
     return Kind(str, lambda v: v in options, "one of " + ", ".join(options))
 
 
+def _names(*options: str) -> Kind:
+    """A comma-separated list (or a YAML list) of distinct names from `options`; may be empty."""
+
+    def read(raw: Any) -> tuple[str, ...]:
+        items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+        return tuple(str(i).strip() for i in items if str(i).strip())
+
+    return Kind(
+        read,
+        lambda v: isinstance(v, tuple) and len(set(v)) == len(v) and all(i in options for i in v),
+        "a comma-separated list of distinct names from: " + ", ".join(options) + " (or nothing)",
+        lambda v: ", ".join(v),
+    )
+
+
 def _endpoint_ok(value: Any) -> bool:
     try:
         grpc_address(str(value))
@@ -96,6 +111,11 @@ class SidecarConfig:
     max_queue_wait_s: float = key("sidecar.queue.max-wait", _duration(True), "longest a request may wait for dispatch; then DEADLINE_EXCEEDED", 1.0)
     health_port: int = key("sidecar.health.port", _integer(0, 65535), "HTTP port for GET /health (READY 200 / NOT_READY 503); 0 picks a free one", 7652)
     drain_timeout_s: float = key("sidecar.drain.timeout", _duration(False), "on SIGTERM, how long in-flight requests may take to finish; the rest get UNAVAILABLE", 30.0)
+    metrics_reporters: tuple[str, ...] = key("sidecar.metrics.reporters", _names("prom", "log"), "metric reporters to run: prom (Prometheus endpoint), log (all metrics in the log every interval)", ("prom",))
+    prometheus_port: int = key("sidecar.metrics.prometheus.port", _integer(0, 65535), "HTTP port of the Prometheus endpoint (as Flink's reporter); 0 picks a free one", 9249)
+    metrics_log_interval_s: float = key("sidecar.metrics.log.interval", _duration(True), "how often the log reporter writes all metrics", 60.0)
+    histogram_window: int = key("sidecar.metrics.histogram.window", _integer(1), "values each histogram keeps for its statistics (Flink's latency history is 128)", 128)
+    tm_id: str = key("sidecar.metrics.tm-id", TEXT, "the tm_id scope variable (label); empty means this host's name", "")
     log_format: str = key("sidecar.log.format", _choice("text", "json"), "text: one key=value line per event; json: one JSON object per line", "text")
     log_level: str = key("sidecar.log.level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "the least severe level logged", "INFO")
 

@@ -112,7 +112,8 @@ class DispatchBatch:
     executor: int
     batch_id: int
     requests: tuple[Request, ...]
-    oldest_enqueued_at: float
+    enqueued_at: tuple[float, ...]  # per request, oldest first
+    dispatched_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,10 +299,18 @@ class Batcher:
             if not ready:
                 return
             keys = list(islice(self._queue, limits.max_batch_size))
-            batch = tuple(self._queue.pop(k).request for k in keys)
+            entries = [self._queue.pop(k) for k in keys]
             self._inflight[executor] += 1
-            self._released += len(batch)
-            actions.append(DispatchBatch(executor, self._next_batch_id, batch, oldest.enqueued_at))
+            self._released += len(entries)
+            actions.append(
+                DispatchBatch(
+                    executor,
+                    self._next_batch_id,
+                    tuple(e.request for e in entries),
+                    tuple(e.enqueued_at for e in entries),
+                    now,
+                )
+            )
             self._next_batch_id += 1
 
     # ---- helpers ----------------------------------------------------------------------

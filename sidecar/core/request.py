@@ -29,6 +29,8 @@ class Request:
     # Absolute time after which the answer is useless to the client
     # (received_at + its timeout); math.inf when it set none.
     deadline: float
+    # The client asked for per-stage timing in its response.
+    return_timing: bool = False
 
     @property
     def key(self) -> RequestKey:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -12,6 +12,7 @@ from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.core.request import Request
 from sidecar.core.status import Failure
 from sidecar.core.tensors import InvalidTensors, TensorSpec, input_bytes
+from sidecar.metrics.registry import MetricValue
 
 
 def to_request(p: pb.InferRequest, stream: int, received_at: float, specs: Sequence[TensorSpec]) -> Request:
@@ -22,7 +23,7 @@ def to_request(p: pb.InferRequest, stream: int, received_at: float, specs: Seque
         if timeout <= 0:
             raise InvalidTensors(f"timeout must be positive, got {timeout * 1000:g} ms")
         deadline = received_at + timeout
-    return Request(stream, p.request_id, input_bytes(p.inputs, specs), received_at, deadline)
+    return Request(stream, p.request_id, input_bytes(p.inputs, specs), received_at, deadline, p.return_timing)
 
 
 def output_templates(specs: Sequence[TensorSpec]) -> tuple[pb.Tensor, ...]:
@@ -39,6 +40,10 @@ def ok_response(request_id: int, outputs: Sequence[bytes], templates: Sequence[p
         tensor.MergeFrom(template)
         tensor.data = data
     return response
+
+
+def timing(queue_wait_s: float, compute_s: float, batch_size: int) -> pb.Timing:
+    return pb.Timing(queue_wait=duration(queue_wait_s), compute=duration(compute_s), batch_size=batch_size)
 
 
 def error_response(request_id: int, failure: Failure) -> pb.InferResponse:
@@ -68,6 +73,23 @@ def duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(round(seconds * 1e9))
     return d
+
+
+def metrics_snapshot(values: Iterable[MetricValue]) -> pb.MetricsSnapshot:
+    snapshot = pb.MetricsSnapshot()
+    for v in values:
+        m = snapshot.metrics.add(identifier=v.identifier, name=v.name, scope=v.logical_scope, variables=v.variables)
+        if v.kind == "counter":
+            m.counter = v.count
+        elif v.kind == "gauge":
+            m.gauge = v.value
+        elif v.kind == "meter":
+            m.meter.rate, m.meter.count = v.rate, v.count
+        else:
+            h = m.histogram
+            h.count, h.sum, h.min, h.max, h.mean, h.stddev = v.count, v.sum, v.min, v.max, v.mean, v.stddev
+            h.quantiles.extend(pb.Quantile(quantile=q, value=x) for q, x in v.quantiles.items())
+    return snapshot
 
 
 def tensor_spec(spec: TensorSpec) -> pb.TensorSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ from sidecar.backends.base import Backend
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import SidecarConfig
 from sidecar.logs import event
+from sidecar.metrics.group import root_group
+from sidecar.metrics.registry import MetricRegistry
+from sidecar.metrics.reporters.base import MetricReporter
+from sidecar.metrics.reporters.factory import create_reporters
+from sidecar.metrics.reporters.prometheus import PrometheusReporter
 from sidecar.server.endpoint import grpc_address
 from sidecar.server.health import SERVICE, Health
 from sidecar.server.ingress import Ingress
@@ -59,10 +65,23 @@ class SidecarServer:
         *,
         clock: Clock | None = None,
         backends: Sequence[Backend] | None = None,
+        reporters: Sequence[MetricReporter] = (),
     ) -> None:
         self.config = config
         self._clock = clock or MonotonicClock()
         self._backends = backends
+        self.metric_registry = MetricRegistry(
+            [
+                *create_reporters(
+                    config.metrics_reporters,
+                    prometheus_port=config.prometheus_port,
+                    log_interval_s=config.metrics_log_interval_s,
+                ),
+                *reporters,
+            ]
+        )
+        root = root_group(self.metric_registry, socket.gethostname(), config.tm_id or socket.gethostname())
+        self.metric_group = root.add_group("gpuSidecar")
         self._server: grpc.aio.Server | None = None
         self._pipeline: Pipeline | None = None
         self._ingress: Ingress | None = None
@@ -98,7 +117,7 @@ class SidecarServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._servicer = GpuSidecarServicer(self._ingress, config)
+        self._servicer = GpuSidecarServicer(self._ingress, config, self.metric_registry)
         add_to_server(self._servicer, server)
         self.health.add_to_server(server)
         reflection.enable_server_reflection(
@@ -110,7 +129,19 @@ class SidecarServer:
         await server.start()
         self._server = server
         self.health_port = await self.health.start_http(config.health_port)
-        event(log, "listening", endpoint=self.address, health_port=self.health_port, grpc_service=SERVICE)
+        await asyncio.to_thread(self.metric_registry.start)
+        event(
+            log, "listening", endpoint=self.address, health_port=self.health_port, grpc_service=SERVICE,
+            prometheus_port=self.prometheus_port,
+        )
+
+    @property
+    def prometheus_port(self) -> int | None:
+        """The Prometheus endpoint's bound port, if that reporter runs."""
+        for reporter in self.metric_registry.reporters:
+            if isinstance(reporter, PrometheusReporter):
+                return reporter.port
+        return None
 
     async def load(self) -> None:
         config = self.config
@@ -119,11 +150,11 @@ class SidecarServer:
         assert self._ingress is not None, "listen() first"
         # Loading can take minutes on a real model; the loop keeps serving meanwhile.
         self._pipeline = await asyncio.to_thread(
-            start_pipeline, config, self._clock, backends, self._ingress.deliver, self._drained
+            start_pipeline, config, self._clock, backends, self._ingress.deliver, self.metric_group, self._drained
         )
         info = self._pipeline.info
         self._servicer.model_info = model_info_message(backends[0].name, info, self._pipeline.batch_size, config)
-        self._ingress.attach(self._pipeline.peers.session)
+        self._ingress.attach(self._pipeline.peers.session, self._pipeline.peers.metrics)
         event(
             log, "backend loaded", backend=backends[0].name, instances=config.instances,
             max_batch=self._pipeline.batch_size, load_s=round(time.monotonic() - started, 3),
@@ -173,6 +204,7 @@ class SidecarServer:
             if stuck:
                 event(log, "actors left running", level=logging.WARNING, actors=",".join(stuck))
             self._pipeline = None
+        await asyncio.to_thread(self.metric_registry.close)
         event(log, "stopped")
 
 

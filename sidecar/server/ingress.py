@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import pykka
 
-from actors.messages import RequestsReceived, StreamClosed
+from actors.messages import AnswersDropped, RequestsReceived, ResponsesWritten, StreamClosed
+from actors.session import OUTCOME_BY_CODE, Outgoing
 from sidecar.clock import Clock
 from sidecar.core.status import Code, Failure
 from sidecar.rpc.convert import error_response
@@ -30,7 +32,7 @@ class Stream:
 
     def __init__(self, stream_id: int, draining: bool) -> None:
         self.id = stream_id
-        self.outbox: list[Any] = []
+        self.outbox: list[Outgoing] = []
         self.wakeup = asyncio.Event()
         self.outstanding = 0  # requests sent on, not yet answered
         self.reading_done = False
@@ -48,6 +50,7 @@ class Ingress:
         self._loop = loop
         self._clock = clock
         self._session: pykka.ActorRef[Any] | None = None
+        self._metrics: pykka.ActorRef[Any] | None = None
         self._streams: dict[int, Stream] = {}
         self._ids = itertools.count(1)
         self._pending: list[tuple[int, Sequence[Any]]] = []
@@ -56,8 +59,9 @@ class Ingress:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def attach(self, session: pykka.ActorRef[Any]) -> None:
+    def attach(self, session: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]) -> None:
         self._session = session
+        self._metrics = metrics
 
     @property
     def open_streams(self) -> int:
@@ -90,7 +94,8 @@ class Ingress:
 
     def submit(self, stream: Stream, requests: Sequence[Any]) -> None:
         if self._session is None:
-            stream.outbox.extend(error_response(r.request_id, NOT_READY) for r in requests)
+            now = self._clock.now()
+            stream.outbox.extend((error_response(r.request_id, NOT_READY), now, now) for r in requests)
             stream.wakeup.set()
             return
         stream.outstanding += len(requests)
@@ -104,12 +109,22 @@ class Ingress:
         self._flush()  # its last requests must reach the session before the close
         if self._streams.pop(stream.id, None) is not None and self._session is not None:
             self._session.tell(StreamClosed(stream.id, reason))
+        self._dropped(stream.outbox)
+        stream.outbox = []
         if not self._streams:
             self._idle.set()
 
-    def deliver(self, out: dict[int, list[Any]]) -> None:
+    def deliver(self, out: dict[int, list[Outgoing]]) -> None:
         """Called from actor threads."""
         self._loop.call_soon_threadsafe(self._route, out)
+
+    def written(self, sent: list[Outgoing]) -> None:
+        """The servicer wrote these: record their end-to-end and delivery times."""
+        if self._metrics is not None and sent:
+            now = self._clock.now()
+            self._metrics.tell(
+                ResponsesWritten(tuple([now - r for _, r, _ in sent]), tuple([now - c for _, _, c in sent]))
+            )
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -119,11 +134,22 @@ class Ingress:
         assert self._session is not None, "attach() before serving"
         self._session.tell(RequestsReceived(items, self._clock.now()))
 
-    def _route(self, out: dict[int, list[Any]]) -> None:
-        for stream_id, responses in out.items():
+    def _route(self, out: dict[int, list[Outgoing]]) -> None:
+        for stream_id, answers in out.items():
             stream = self._streams.get(stream_id)
             if stream is None:
-                continue  # its call ended while these were on their way
-            stream.outbox.extend(responses)
-            stream.outstanding -= len(responses)
+                self._dropped(answers)  # its call ended while these were on their way
+                continue
+            stream.outbox.extend(answers)
+            stream.outstanding -= len(answers)
             stream.wakeup.set()
+
+    def _dropped(self, answers: list[Outgoing]) -> None:
+        """The session counted these answers, but their client will never see them."""
+        if not answers or self._metrics is None:
+            return
+        outcomes = Counter(
+            OUTCOME_BY_CODE.get(Code(r.error.code), "failed") if r.HasField("error") else "succeeded"
+            for r, _, _ in answers
+        )
+        self._metrics.tell(AnswersDropped(tuple(outcomes.items())))

@@ -17,6 +17,7 @@ from actors.session import Deliver, SessionActor
 from sidecar.backends.base import Backend, BackendInfo
 from sidecar.clock import Clock
 from sidecar.config import SidecarConfig
+from sidecar.metrics.group import MetricGroup
 
 # Bounds every wait the wiring does on an actor (a backend load included).
 LOAD_TIMEOUT_S = 600.0
@@ -54,9 +55,13 @@ def start_pipeline(
     clock: Clock,
     backends: Sequence[Backend],
     deliver: Deliver,
+    metrics: MetricGroup,
     on_drained: Callable[[], None] = lambda: None,
 ) -> Pipeline:
-    """Loads every backend (each in its executor's thread) and wires the actors."""
+    """Loads every backend (each in its executor's thread) and wires the actors.
+
+    `metrics` is the group the metrics actor registers its metrics in (gpuSidecar).
+    """
     if len(backends) != config.instances:
         raise ValueError(f"{config.instances} instances configured but {len(backends)} backends given")
     executors = [ExecutorActor.start(i, b, clock) for i, b in enumerate(backends)]
@@ -67,19 +72,19 @@ def start_pipeline(
         if any(i.spec != info.spec for i in infos):
             raise ValueError("backend instances disagree on the model's inputs and outputs")
         limits = config.batch_limits(info.max_batch_size)
-        metrics = MetricsActor.start()
-        started.append(metrics)
+        metrics_actor = MetricsActor.start(metrics, clock, config.instances, config.histogram_window)
+        started.append(metrics_actor)
         batcher = BatcherActor.start(limits, clock, on_drained)
         started.append(batcher)
         admission = AdmissionActor.start(config.admission_limits(), clock)
         started.append(admission)
-        session = SessionActor.start(info.spec, deliver)
+        session = SessionActor.start(info.spec, deliver, clock)
         started.append(session)
     except BaseException:
         for ref in started:
             ref.stop(block=False)
         raise
-    peers = Peers(session, admission, batcher, tuple(executors), metrics)
+    peers = Peers(session, admission, batcher, tuple(executors), metrics_actor)
     for ref in started:
         ref.tell(Connect(peers))
     return Pipeline(peers, info, limits.max_batch_size)

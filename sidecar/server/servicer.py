@@ -15,15 +15,18 @@ from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
 from sidecar.backends.base import BackendInfo
 from sidecar.config import SidecarConfig
-from sidecar.rpc.convert import duration, tensor_spec
+from sidecar.metrics.registry import MetricRegistry
+from sidecar.rpc.convert import duration, metrics_snapshot, tensor_spec
+from actors.session import Outgoing
 from sidecar.server.ingress import Ingress, Stream
 
 log = logging.getLogger(__name__)
 
 
 class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
-    def __init__(self, ingress: Ingress, config: SidecarConfig) -> None:
+    def __init__(self, ingress: Ingress, config: SidecarConfig, registry: MetricRegistry) -> None:
         self._ingress = ingress
+        self._registry = registry
         self.model_info: pb.ModelInfo | None = None  # set once the backend has loaded
         # Responses are packed up to half the message limit, leaving room for framing.
         self._pack_bytes = config.max_message_bytes // 2
@@ -39,7 +42,9 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                     stream.wakeup.clear()
                     await stream.wakeup.wait()
                     continue
-                await context.write(pb.InferStreamResponse(responses=self._take(stream)))
+                taken = self._take(stream)
+                await context.write(pb.InferStreamResponse(responses=[response for response, _, _ in taken]))
+                self._ingress.written(taken)
             reason = "stream ended"
             await reader  # surfaces a read error, if any
         finally:
@@ -55,12 +60,12 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
             stream.reading_done = True
             stream.wakeup.set()
 
-    def _take(self, stream: Stream) -> list[Any]:
+    def _take(self, stream: Stream) -> list[Outgoing]:
         """Takes as many responses as fit in one message."""
         outbox, budget = stream.outbox, self._pack_bytes
         n = 0
         while n < len(outbox):
-            budget -= outbox[n].ByteSize()
+            budget -= outbox[n][0].ByteSize()
             if budget < 0 and n > 0:
                 break
             n += 1
@@ -74,6 +79,11 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
         if self.model_info is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
         return self.model_info
+
+
+    async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> pb.MetricsSnapshot:
+        # Quantiles are computed here; off the loop, so streams keep moving meanwhile.
+        return metrics_snapshot(await asyncio.to_thread(self._registry.snapshot))
 
 
 def model_info_message(backend: str, info: BackendInfo, batch_size: int, config: SidecarConfig) -> pb.ModelInfo:

@@ -11,6 +11,8 @@ from actors.messages import GetSnapshot, RequestsReceived
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.backends.mock import MockBackend
 from sidecar.config import SidecarConfig
+from sidecar.metrics.group import root_group
+from sidecar.metrics.registry import MetricRegistry
 from sidecar.server.pipeline import start_pipeline
 from tests.fakes import FakeClock
 
@@ -28,7 +30,8 @@ def rig():
     delivered: queue.Queue = queue.Queue()
     config = SidecarConfig(max_batch_size=4, batch_timeout_s=0.010)
     backend = MockBackend("mock:?base_ms=0&per_item_ms=0", sleep=lambda s: None)
-    pipeline = start_pipeline(config, clock, [backend], delivered.put)
+    group = root_group(MetricRegistry(), "host", "tm").add_group("gpuSidecar")
+    pipeline = start_pipeline(config, clock, [backend], delivered.put, group)
     yield clock, pipeline.peers, delivered
     pipeline.stop()
 
@@ -56,15 +59,15 @@ def test_partial_batch_waits_until_clock_passes_window(rig):
     clock.advance(0.001)
     out = delivered.get(timeout=WAIT_S)
     assert batcher_state(peers)["queue_depth"] == 0
-    assert sorted(r.request_id for r in out[1]) == [1, 2]
-    assert np.frombuffer(out[1][0].outputs[0].data, np.float32)[0] in (2.0, 4.0)
+    assert sorted(r.request_id for r, _, _ in out[1]) == [1, 2]
+    assert np.frombuffer(out[1][0][0].outputs[0].data, np.float32)[0] in (2.0, 4.0)
 
 
 def test_full_batch_goes_without_any_clock_movement(rig):
     clock, peers, delivered = rig
     send(clock, peers, [1, 2, 3, 4])
     out = delivered.get(timeout=WAIT_S)
-    assert sorted(r.request_id for r in out[1]) == [1, 2, 3, 4]
+    assert sorted(r.request_id for r, _, _ in out[1]) == [1, 2, 3, 4]
 
 
 def test_window_counts_from_oldest_request_across_messages(rig):
@@ -78,5 +81,5 @@ def test_window_counts_from_oldest_request_across_messages(rig):
     got = {}
     while sum(len(v) for v in got.values()) < 2:
         for stream, responses in delivered.get(timeout=WAIT_S).items():
-            got.setdefault(stream, []).extend(r.request_id for r in responses)
+            got.setdefault(stream, []).extend(r.request_id for r, _, _ in responses)
     assert got == {1: [1], 2: [2]}

@@ -23,14 +23,16 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("request_id", "inputs", "timeout")
+    __slots__ = ("request_id", "inputs", "timeout", "return_timing")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TIMING_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     timeout: _duration_pb2.Duration
-    def __init__(self, request_id: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    return_timing: bool
+    def __init__(self, request_id: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., return_timing: _Optional[bool] = ...) -> None: ...
 
 class InferStreamRequest(_message.Message):
     __slots__ = ("requests",)
@@ -39,14 +41,26 @@ class InferStreamRequest(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[InferRequest, _Mapping]]] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("request_id", "outputs", "error")
+    __slots__ = ("request_id", "outputs", "error", "timing")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     error: _status_pb2.Status
-    def __init__(self, request_id: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    timing: Timing
+    def __init__(self, request_id: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class Timing(_message.Message):
+    __slots__ = ("queue_wait", "compute", "batch_size")
+    QUEUE_WAIT_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    queue_wait: _duration_pb2.Duration
+    compute: _duration_pb2.Duration
+    batch_size: int
+    def __init__(self, queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., compute: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class InferStreamResponse(_message.Message):
     __slots__ = ("responses",)
@@ -111,3 +125,74 @@ class ModelInfo(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     limits: Limits
     def __init__(self, backend: _Optional[str] = ..., model_uri: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class GetMetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MetricsSnapshot(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricValue]
+    def __init__(self, metrics: _Optional[_Iterable[_Union[MetricValue, _Mapping]]] = ...) -> None: ...
+
+class MetricValue(_message.Message):
+    __slots__ = ("identifier", "name", "scope", "variables", "counter", "gauge", "histogram", "meter")
+    class VariablesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    GAUGE_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    METER_FIELD_NUMBER: _ClassVar[int]
+    identifier: str
+    name: str
+    scope: str
+    variables: _containers.ScalarMap[str, str]
+    counter: int
+    gauge: float
+    histogram: HistogramValue
+    meter: MeterValue
+    def __init__(self, identifier: _Optional[str] = ..., name: _Optional[str] = ..., scope: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., counter: _Optional[int] = ..., gauge: _Optional[float] = ..., histogram: _Optional[_Union[HistogramValue, _Mapping]] = ..., meter: _Optional[_Union[MeterValue, _Mapping]] = ...) -> None: ...
+
+class HistogramValue(_message.Message):
+    __slots__ = ("count", "sum", "min", "max", "mean", "stddev", "quantiles")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STDDEV_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    sum: float
+    min: float
+    max: float
+    mean: float
+    stddev: float
+    quantiles: _containers.RepeatedCompositeFieldContainer[Quantile]
+    def __init__(self, count: _Optional[int] = ..., sum: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., mean: _Optional[float] = ..., stddev: _Optional[float] = ..., quantiles: _Optional[_Iterable[_Union[Quantile, _Mapping]]] = ...) -> None: ...
+
+class Quantile(_message.Message):
+    __slots__ = ("quantile", "value")
+    QUANTILE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    quantile: float
+    value: float
+    def __init__(self, quantile: _Optional[float] = ..., value: _Optional[float] = ...) -> None: ...
+
+class MeterValue(_message.Message):
+    __slots__ = ("rate", "count")
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    rate: float
+    count: int
+    def __init__(self, rate: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...

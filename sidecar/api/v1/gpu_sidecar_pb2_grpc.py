@@ -49,6 +49,11 @@ class GpuSidecarStub:
                 request_serializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/gpusidecar.v1.GpuSidecar/GetMetrics',
+                request_serializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MetricsSnapshot.FromString,
+                _registered_method=True)
 
 
 class GpuSidecarServicer:
@@ -77,6 +82,14 @@ class GpuSidecarServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetrics(self, request, context):
+        """Every metric of the sidecar's registry, read at once: for a Java
+        TaskManager to mirror into its own metric group without scraping.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GpuSidecarServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_GpuSidecarServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.GetModelInfoRequest.FromString,
                     response_serializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.GetMetricsRequest.FromString,
+                    response_serializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MetricsSnapshot.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +195,33 @@ class GpuSidecar:
             '/gpusidecar.v1.GpuSidecar/GetModelInfo',
             sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.GetModelInfoRequest.SerializeToString,
             sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpusidecar.v1.GpuSidecar/GetMetrics',
+            sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.GetMetricsRequest.SerializeToString,
+            sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MetricsSnapshot.FromString,
             options,
             channel_credentials,
             insecure,
