@@ -16,6 +16,7 @@ import asyncio
 import itertools
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,6 +30,16 @@ from sidecar.rpc.convert import duration, retry_after_s
 from sidecar.server.endpoint import grpc_address
 
 Arrays = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class TimedResult:
+    """Outputs plus where the request's time went on the server (docs/metrics.md)."""
+
+    outputs: dict[str, np.ndarray]
+    queue_wait_s: float
+    compute_s: float
+    batch_size: int
 
 
 class InferError(Exception):
@@ -106,15 +117,34 @@ class SidecarClient:
         if self._channel is not None:
             await self._channel.close()
 
+    async def cancel(self) -> None:
+        """Cancels the stream: every unanswered request fails CANCELLED (and is counted so)."""
+        self._closing = True
+        if self._call is not None:
+            self._call.cancel()
+        self._fail_all(grpc.StatusCode.CANCELLED, "the client cancelled its stream", count_as="CANCELLED")
+        self._wakeup.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._channel is not None:
+            await self._channel.close()
+
     def submit(self, inputs: Arrays, *, timeout_s: float | None = None) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queues one request; the future resolves to its outputs or raises InferError."""
-        request_id = next(self._ids)
-        request = pb.InferRequest(request_id=request_id, inputs=[to_tensor(n, v) for n, v in inputs.items()])
+        return self.submit_raw(self._request(inputs, timeout_s))
+
+    def submit_timed(self, inputs: Arrays, *, timeout_s: float | None = None) -> asyncio.Future[TimedResult]:
+        """As `submit`, but the server adds per-stage timing: resolves to a TimedResult."""
+        request = self._request(inputs, timeout_s)
+        request.return_timing = True
+        return self.submit_raw(request)  # type: ignore[return-value]
+
+    def _request(self, inputs: Arrays, timeout_s: float | None) -> pb.InferRequest:
+        request = pb.InferRequest(request_id=next(self._ids), inputs=[to_tensor(n, v) for n, v in inputs.items()])
         if timeout_s is not None:
             request.timeout.CopyFrom(duration(timeout_s))
-        return self.submit_raw(request)
+        return request
 
-    def submit_raw(self, request: pb.InferRequest) -> asyncio.Future[dict[str, np.ndarray]]:
+    def submit_raw(self, request: pb.InferRequest) -> asyncio.Future[Any]:
         """Queues a prepared request as is (its id must not be in flight); for tests and tools."""
         if self._closing:
             raise RuntimeError("client is closed")
@@ -176,6 +206,8 @@ class SidecarClient:
             self._fail_all(grpc.StatusCode.UNAVAILABLE, "stream ended before this request was answered")
         except grpc.aio.AioRpcError as e:
             self._fail_all(e.code(), f"stream failed: {e.details()}")
+        except asyncio.CancelledError:
+            pass  # cancel() has failed what was pending
 
     def _resolve(self, response: pb.InferResponse) -> None:
         future = self._futures.pop(response.request_id, None)
@@ -190,13 +222,22 @@ class SidecarClient:
                 future.set_exception(error)
             return
         self.counts["OK"] += 1
-        if not future.done():
-            future.set_result({t.name: from_tensor(t) for t in response.outputs})
+        if future.done():
+            return
+        outputs = {t.name: from_tensor(t) for t in response.outputs}
+        if response.HasField("timing"):
+            t = response.timing
+            future.set_result(
+                TimedResult(outputs, t.queue_wait.ToNanoseconds() / 1e9, t.compute.ToNanoseconds() / 1e9, t.batch_size)
+            )
+        else:
+            future.set_result(outputs)
 
-    def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
+    def _fail_all(self, code: grpc.StatusCode, message: str, count_as: str = "lost") -> None:
+        """Fails every unanswered request; `lost` counts those the server never answered."""
         futures, self._futures = self._futures, {}
         self._outgoing.clear()
         for future in futures.values():
-            self.counts["lost"] += 1
+            self.counts[count_as] += 1
             if not future.done():
                 future.set_exception(InferError(code, message))
