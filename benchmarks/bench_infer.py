@@ -20,7 +20,9 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +46,14 @@ class Result:
     errors: int
 
 
-def start_server(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    address: str
+    metrics_url: str | None
+
+
+def start_server(args: list[str]) -> Server:
     proc = subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
@@ -56,9 +65,24 @@ def start_server(args: list[str]) -> tuple[subprocess.Popen[str], str]:
             break
         match = re.search(r"(?:serving .* on|echo serving on) (\S+)", line)
         if match:
-            return proc, match.group(1)
+            metrics = re.search(r"metrics http://[^:]+:(\d+)/metrics", line)
+            url = f"http://127.0.0.1:{metrics.group(1)}/metrics" if metrics else None
+            return Server(proc, match.group(1), url)
     proc.kill()
     raise RuntimeError(f"server {args} did not start")
+
+
+class Scraper(threading.Thread):
+    """Scrapes a Prometheus endpoint once a second, as a Prometheus server would."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.scrapes, self.stopped = url, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            urllib.request.urlopen(self.url, timeout=5).read()
+            self.scrapes += 1
 
 
 async def load(address: str, inflight: int, seconds: float, max_pack: int, warmup: float) -> tuple[int, float, list[float], int]:
@@ -134,52 +158,64 @@ def main() -> int:
     parser.add_argument("--model-uri", default="mock:?base_ms=2&per_item_ms=0.02")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra argument for `gpu-sidecar serve`")
     parser.add_argument("--modes", default="packed,unpacked", help="comma-separated: packed, unpacked")
+    parser.add_argument("--targets", help="comma-separated subset of: sidecar, sidecar0, sidecar0+rep (echo always runs)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    def sidecar(model_uri: str) -> list[str]:
+    def sidecar(model_uri: str, reporters: str = "") -> list[str]:
         return ["-m", "sidecar.cli", "serve", "--log-level", "WARNING", "--rpc-endpoint", "127.0.0.1:0",
-                "--health-port", "0", "--model-uri", model_uri, *args.serve_arg]
+                "--health-port", "0", "--metrics-prometheus-port", "0", "--metrics-reporters", reporters,
+                "--metrics-log-interval", "1 s", "--model-uri", model_uri, *args.serve_arg]
 
+    zero = "mock:?base_ms=0&per_item_ms=0"
     targets = {
         "echo": ["-m", "benchmarks.echo_server", "127.0.0.1:0"],
         "sidecar": sidecar(args.model_uri),
         # The same pipeline with a backend that takes no time: what the sidecar itself costs.
-        "sidecar0": sidecar("mock:?base_ms=0&per_item_ms=0"),
+        "sidecar0": sidecar(zero),
+        # ... with the Prometheus and log reporters on, scraped and logging once a second.
+        "sidecar0+rep": sidecar(zero, "prom,log"),
     }
+    if args.targets:
+        targets = {k: v for k, v in targets.items() if k in args.targets.split(",") or k == "echo"}
     modes = {m: {"packed": 64, "unpacked": 1}[m] for m in args.modes.split(",")}
     info = machine()
     print(" ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     results: list[Result] = []
-    procs = {name: start_server(cmd) for name, cmd in targets.items()}
-    for name, (proc, address) in procs.items():
-        print(f"{name}: pid {proc.pid} on {address}", flush=True)
+    servers = {name: start_server(cmd) for name, cmd in targets.items()}
+    for name, server in servers.items():
+        print(f"{name}: pid {server.proc.pid} on {server.address}", flush=True)
     try:
         for rnd in range(1, args.rounds + 1):
             for mode, pack in modes.items():
-                for name, (_, address) in procs.items():
-                    n, elapsed, lat, errors = asyncio.run(load(address, args.inflight, args.seconds, pack, args.warmup))
+                for name, server in servers.items():
+                    scraper = Scraper(server.metrics_url) if server.metrics_url else None
+                    if scraper:
+                        scraper.start()
+                    n, elapsed, lat, errors = asyncio.run(load(server.address, args.inflight, args.seconds, pack, args.warmup))
+                    if scraper:
+                        scraper.stopped.set()
                     ms = np.array(lat) * 1000 if lat else np.array([np.nan])
                     r = Result(name, mode, rnd, n, round(elapsed, 3), round(n / elapsed, 1),
                                round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3), errors)
                     results.append(r)
-                    print(f"round {rnd} {mode:8} {name:9} {r.rps:>10,.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+                    print(f"round {rnd} {mode:8} {name:12} {r.rps:>10,.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
                           f"p99 {r.p99_ms:7.2f} ms  errors {errors}", flush=True)
     finally:
-        for proc, _ in procs.values():
-            proc.terminate()
-            proc.wait(timeout=30)
+        for server in servers.values():
+            server.proc.terminate()
+            server.proc.wait(timeout=30)
 
     print(f"\nsummary over {args.rounds} round(s), {args.inflight} in flight, one stream; "
-          f"sidecar: {args.model_uri}, sidecar0: zero-latency mock")
-    print(f"{'mode':8} {'target':9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs echo':>8}")
+          f"sidecar: {args.model_uri}; sidecar0: zero-latency mock; +rep: Prometheus (scraped 1/s) and log reporters on")
+    print(f"{'mode':8} {'target':12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs echo':>8}")
     for mode in modes:
         best = {}
         for name in targets:
             rows = [r for r in results if r.mode == mode and r.target == name]
             best[name] = (np.median([r.rps for r in rows]), np.median([r.p50_ms for r in rows]), np.median([r.p99_ms for r in rows]))
         for name, (rps, p50, p99) in best.items():
-            print(f"{mode:8} {name:9} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f} {rps / best['echo'][0]:>8.2f}")
+            print(f"{mode:8} {name:12} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f} {rps / best['echo'][0]:>8.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": info, "results": [asdict(r) for r in results]}, indent=2))

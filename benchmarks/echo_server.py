@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
@@ -35,6 +36,9 @@ class EchoServicer(pb_grpc.GpuSidecarServicer):
 async def serve(endpoint: str) -> None:
     server = grpc.aio.server()
     pb_grpc.add_GpuSidecarServicer_to_server(EchoServicer(), server)
+    health_servicer = health.aio.HealthServicer()  # SERVING at once: the load generator waits for it
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(endpoint)
     await server.start()
     print(f"echo serving on {endpoint.rsplit(':', 1)[0]}:{port}", flush=True)

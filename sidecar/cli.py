@@ -87,8 +87,9 @@ async def _serve(loaded: Loaded) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     await server.listen()
+    metrics = f", metrics http://0.0.0.0:{server.prometheus_port}/metrics" if server.prometheus_port else ""
     print(f"gpu-sidecar {__version__} serving {config.backend!r} on {server.address} "
-          f"(health http://0.0.0.0:{server.health_port}/health)", flush=True)
+          f"(health http://0.0.0.0:{server.health_port}/health{metrics})", flush=True)
     loading = asyncio.ensure_future(server.load())
     await asyncio.wait([loading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and loading.exception() is not None:

@@ -40,7 +40,7 @@ def start_server(tmp_path: Path, *args: str) -> ServerProcess:
     line = ""
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        match = re.search(r"serving .* on (\S+) \(health http://[^:]+:(\d+)/health\)", line)
+        match = re.search(r"serving .* on (\S+) \(health http://[^:]+:(\d+)/health", line)
         if match:
             return ServerProcess(proc, match.group(1), int(match.group(2)), log)
         if not line and proc.poll() is not None:
