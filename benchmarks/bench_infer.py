@@ -44,6 +44,15 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    # Server process CPU (user + system, all threads) per answered request: steadier
+    # than throughput on a shared machine, and what the server itself spends.
+    cpu_us_per_req: float
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -85,7 +94,9 @@ class Scraper(threading.Thread):
             self.scrapes += 1
 
 
-async def load(address: str, inflight: int, seconds: float, max_pack: int, warmup: float) -> tuple[int, float, list[float], int]:
+async def load(
+    address: str, inflight: int, seconds: float, max_pack: int, warmup: float, pid: int
+) -> tuple[int, float, list[float], int, float]:
     payload = {"input": np.arange(16, dtype=np.float32)}
     latencies: list[float] = []
     errors = 0
@@ -123,13 +134,13 @@ async def load(address: str, inflight: int, seconds: float, max_pack: int, warmu
             launch()
         await asyncio.sleep(warmup)
         state["measuring"] = True
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), cpu_seconds(pid)
         await asyncio.sleep(seconds)
         state["measuring"] = False
-        elapsed = time.perf_counter() - begin
+        elapsed, cpu = time.perf_counter() - begin, cpu_seconds(pid) - cpu_begin
         state["stop"] = True
         await asyncio.wait_for(finished.wait(), timeout=30)
-    return len(latencies), elapsed, latencies, errors
+    return len(latencies), elapsed, latencies, errors, cpu
 
 
 def machine() -> dict[str, str]:
@@ -192,15 +203,18 @@ def main() -> int:
                     scraper = Scraper(server.metrics_url) if server.metrics_url else None
                     if scraper:
                         scraper.start()
-                    n, elapsed, lat, errors = asyncio.run(load(server.address, args.inflight, args.seconds, pack, args.warmup))
+                    n, elapsed, lat, errors, cpu = asyncio.run(
+                        load(server.address, args.inflight, args.seconds, pack, args.warmup, server.proc.pid)
+                    )
                     if scraper:
                         scraper.stopped.set()
                     ms = np.array(lat) * 1000 if lat else np.array([np.nan])
                     r = Result(name, mode, rnd, n, round(elapsed, 3), round(n / elapsed, 1),
-                               round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3), errors)
+                               round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3), errors,
+                               round(cpu / max(n, 1) * 1e6, 1))
                     results.append(r)
                     print(f"round {rnd} {mode:8} {name:12} {r.rps:>10,.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
-                          f"p99 {r.p99_ms:7.2f} ms  errors {errors}", flush=True)
+                          f"p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:6.1f} us/req  errors {errors}", flush=True)
     finally:
         for server in servers.values():
             server.proc.terminate()
@@ -208,14 +222,15 @@ def main() -> int:
 
     print(f"\nsummary over {args.rounds} round(s), {args.inflight} in flight, one stream; "
           f"sidecar: {args.model_uri}; sidecar0: zero-latency mock; +rep: Prometheus (scraped 1/s) and log reporters on")
-    print(f"{'mode':8} {'target':12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs echo':>8}")
+    print(f"{'mode':8} {'target':12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs echo':>8} {'cpu us/req':>10}")
     for mode in modes:
         best = {}
         for name in targets:
             rows = [r for r in results if r.mode == mode and r.target == name]
-            best[name] = (np.median([r.rps for r in rows]), np.median([r.p50_ms for r in rows]), np.median([r.p99_ms for r in rows]))
-        for name, (rps, p50, p99) in best.items():
-            print(f"{mode:8} {name:12} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f} {rps / best['echo'][0]:>8.2f}")
+            best[name] = tuple(float(np.median([getattr(r, f) for r in rows]))
+                               for f in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req"))
+        for name, (rps, p50, p99, cpu) in best.items():
+            print(f"{mode:8} {name:12} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f} {rps / best['echo'][0]:>8.2f} {cpu:>10.1f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": info, "results": [asdict(r) for r in results]}, indent=2))

@@ -55,6 +55,9 @@ class Ingress:
         self._ids = itertools.count(1)
         self._pending: list[tuple[int, Sequence[Any]]] = []
         self._flush_scheduled = False
+        self._end_to_end: list[float] = []
+        self._delivery: list[float] = []
+        self._written_flush_scheduled = False
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -119,12 +122,27 @@ class Ingress:
         self._loop.call_soon_threadsafe(self._route, out)
 
     def written(self, sent: list[Outgoing]) -> None:
-        """The servicer wrote these: record their end-to-end and delivery times."""
-        if self._metrics is not None and sent:
-            now = self._clock.now()
-            self._metrics.tell(
-                ResponsesWritten(tuple([now - r for _, r, _ in sent]), tuple([now - c for _, _, c in sent]))
-            )
+        """The servicer wrote these: record their end-to-end and delivery times.
+
+        Like requests, the samples of one loop pass travel to the metrics actor as
+        one message, whatever the number of streams and messages written.
+        """
+        if self._metrics is None or not sent:
+            return
+        now = self._clock.now()
+        self._end_to_end.extend([now - r for _, r, _ in sent])
+        self._delivery.extend([now - c for _, _, c in sent])
+        if not self._written_flush_scheduled:
+            self._written_flush_scheduled = True
+            self._loop.call_soon(self._flush_written)
+
+    def _flush_written(self) -> None:
+        self._written_flush_scheduled = False
+        assert self._metrics is not None
+        end_to_end, delivery = tuple(self._end_to_end), tuple(self._delivery)
+        self._end_to_end.clear()
+        self._delivery.clear()
+        self._metrics.tell(ResponsesWritten(end_to_end, delivery))
 
     def _flush(self) -> None:
         self._flush_scheduled = False
