@@ -42,8 +42,8 @@ class AdmissionActor(pykka.ThreadingActor):
                     self._peers.batcher.tell(RequestsAdmitted(result.admitted))
                 if result.rejected:
                     self._peers.session.tell(FailRequests(result.rejected))
-            case QueueReleased(total):
-                self._core.released(total, self._clock.now())
+            case QueueReleased(by_stream):
+                self._core.released(by_stream, self._clock.now())
             case Drain():
                 self._core.drain()
             case Connect(peers):

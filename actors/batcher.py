@@ -1,6 +1,7 @@
 """Batcher actor: drives the batcher state machine and carries out its actions.
 
-It owns the one timer the core asks for; the timer fires into this actor's inbox.
+It owns the one timer the core asks for (the timer fires into this actor's
+inbox) and has executors replaced when the core says so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from actors.messages import (
     Connect,
     DispatchBatch,
     Drain,
+    ExecutorDown,
     ExecutorFree,
+    ExecutorLoaded,
+    ExecutorUp,
     FailRequests,
     GetSnapshot,
     Peers,
@@ -25,21 +29,39 @@ from actors.messages import (
     TimerFired,
     Withdraw,
 )
+from sidecar.backends.base import BackendInfo
 from sidecar.clock import Clock
-from sidecar.core.batcher import ArmTimer, Batcher, BatcherError, BatchLimits, Drained, Event
+from sidecar.core.batcher import (
+    ArmTimer,
+    Batcher,
+    BatcherError,
+    BatchLimits,
+    CapacityChanged,
+    Drained,
+    Event,
+    ReplaceExecutor,
+)
 
 log = logging.getLogger(__name__)
 
 
 class BatcherActor(pykka.ThreadingActor):
-    # A hung backend call must not keep the process alive after shutdown.
     use_daemon_thread = True
 
-    def __init__(self, limits: BatchLimits, clock: Clock, on_drained: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        limits: BatchLimits,
+        clock: Clock,
+        info: BackendInfo,
+        on_drained: Callable[[], None] = lambda: None,
+        on_capacity: Callable[[int], None] = lambda up: None,
+    ) -> None:
         super().__init__()
         self._core = Batcher(limits)
         self._clock = clock
+        self._info = info  # what every replacement must load
         self._on_drained = on_drained
+        self._on_capacity = on_capacity
         self._peers: Peers | None = None
         self._timer = clock.timer(self._timer_fired)
         self._reported_depth = 0
@@ -56,8 +78,10 @@ class BatcherActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case RequestsAdmitted() | TimerFired() | ExecutorFree() | Withdraw() | Drain():
+            case RequestsAdmitted() | TimerFired() | ExecutorFree() | ExecutorDown() | Withdraw() | Drain():
                 self._step(message)
+            case ExecutorLoaded(executor, incarnation, info, error):
+                self._loaded(executor, incarnation, info, error)
             case Connect(peers):
                 self._peers = peers
             case GetSnapshot():
@@ -65,10 +89,19 @@ class BatcherActor(pykka.ThreadingActor):
                     "state": self._core.state.name,
                     "queue_depth": self._core.queue_depth,
                     "inflight_batches": self._core.inflight_batches,
+                    "executors_up": self._core.executors_up,
                 }
             case _:
                 log.error("batcher: unexpected message %r", message)
         return None
+
+    def _loaded(self, executor: int, incarnation: int, info: BackendInfo | None, error: str | None) -> None:
+        if info is not None and info.spec == self._info.spec:
+            log.info("batcher: backend instance %d is back (incarnation %d)", executor, incarnation)
+            self._step(ExecutorUp(executor, incarnation))
+            return
+        why = error or "its model's inputs and outputs differ from the running model's"
+        log.error("batcher: replacement for backend instance %d failed to load: %s; it stays down", executor, why)
 
     def _step(self, event: Event) -> None:
         peers = self._peers
@@ -81,13 +114,21 @@ class BatcherActor(pykka.ThreadingActor):
         for action in actions:
             match action:
                 case DispatchBatch(executor=executor):
-                    peers.executors[executor].tell(action)
+                    peers.executors.ref(executor).tell(action)
                 case FailRequests():
                     peers.session.tell(action)
                 case ArmTimer(at):
                     self._timer.arm(at)
                 case QueueReleased():
                     peers.admission.tell(action)
+                case ReplaceExecutor(executor, incarnation, reason):
+                    log.warning("batcher: replacing backend instance %d: %s", executor, reason)
+                    try:
+                        peers.executors.replace(executor, incarnation)
+                    except Exception:
+                        log.exception("batcher: backend instance %d cannot be replaced; it stays down", executor)
+                case CapacityChanged(up):
+                    self._on_capacity(up)
                 case Drained():
                     self._on_drained()
         if self._core.queue_depth != self._reported_depth:

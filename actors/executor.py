@@ -3,11 +3,18 @@
 The blocking backend call runs on this actor's own thread, so the rest of the
 pipeline keeps moving; the GIL is released by real backends (numpy, CUDA) and by
 the mock's sleep. A failing batch fails exactly its own requests.
+
+Each executor has an incarnation number. When the batcher gives up on it (its
+backend hung past the backend timeout) the pool sets its `retired` event: from
+then on it drops whatever it finishes, since those requests were answered
+already. If the actor stops without being retired (it died), it tells the
+batcher, which answers what it held and has it replaced.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import pykka
@@ -19,11 +26,13 @@ from actors.messages import (
     BatchTiming,
     Connect,
     DispatchBatch,
+    ExecutorDown,
     ExecutorFree,
+    ExecutorLoaded,
     LoadBackend,
     Peers,
 )
-from sidecar.backends.base import Backend
+from sidecar.backends.base import Backend, BackendInfo
 from sidecar.clock import Clock
 from sidecar.core.status import Code, Failure
 from sidecar.core.tensors import ModelSpec, join_inputs, split_outputs
@@ -35,29 +44,50 @@ class ExecutorActor(pykka.ThreadingActor):
     # A hung backend call must not keep the process alive after shutdown.
     use_daemon_thread = True
 
-    def __init__(self, index: int, backend: Backend, clock: Clock) -> None:
+    def __init__(self, index: int, incarnation: int, backend: Backend, clock: Clock, retired: threading.Event) -> None:
         super().__init__()
         self._index = index
+        self._incarnation = incarnation
         self._backend = backend
         self._clock = clock
+        self._retired = retired
         self._spec: ModelSpec | None = None
         self._peers: Peers | None = None
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case DispatchBatch():
-                self._run(message)
-            case LoadBackend():
-                info = self._backend.load()
-                self._spec = info.spec
-                return info
+                if not self._retired.is_set():
+                    self._run(message)
+            case LoadBackend(reply_to):
+                return self._load(reply_to)
             case Connect(peers):
                 self._peers = peers
             case _:
                 log.error("executor %d: unexpected message %r", self._index, message)
         return None
 
+    def _load(self, reply_to: pykka.ActorRef[Any] | None) -> BackendInfo | None:
+        if reply_to is None:  # asked at start-up: the wiring waits for the answer
+            info = self._backend.load()
+            self._spec = info.spec
+            return info
+        try:
+            info = self._backend.load()
+            self._spec = info.spec
+            reply_to.tell(ExecutorLoaded(self._index, self._incarnation, info, None))
+        except Exception as e:
+            log.exception("executor %d: replacement backend failed to load", self._index)
+            reply_to.tell(ExecutorLoaded(self._index, self._incarnation, None, f"{type(e).__name__}: {e}"))
+        return None
+
     def on_stop(self) -> None:
+        if not self._retired.is_set() and self._peers is not None:
+            reason = f"backend instance {self._index} stopped unexpectedly"
+            try:
+                self._peers.batcher.tell(ExecutorDown(self._index, self._incarnation, reason))
+            except pykka.ActorDeadError:
+                pass  # the whole pipeline is stopping
         try:
             self._backend.close()
         except Exception:
@@ -75,9 +105,11 @@ class ExecutorActor(pykka.ThreadingActor):
         except Exception as e:  # any backend error fails this batch, and only this batch
             log.warning("executor %d: batch %d failed: %s", self._index, batch.batch_id, e)
             failure = Failure(Code.INTERNAL, f"backend {self._backend.name!r} failed: {type(e).__name__}: {e}")
+        if self._retired.is_set():
+            return  # given up on while it ran: its requests were answered DEADLINE_EXCEEDED
         completed_at = self._clock.now()
         compute_s = completed_at - started
-        peers.batcher.tell(ExecutorFree(self._index, compute_s))
+        peers.batcher.tell(ExecutorFree(self._index, self._incarnation, compute_s))
         if outputs is not None:
             peers.session.tell(BatchSucceeded(requests, outputs, BatchTiming(batch, compute_s, completed_at)))
         else:

@@ -20,11 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pykka
+
 from sidecar.core.admission import Admitted
 from sidecar.core.batcher import (
     DispatchBatch,
     Drain,
+    ExecutorDown,
     ExecutorFree,
+    ExecutorUp,
     FailRequests,
     QueueReleased,
     RequestsAdmitted,
@@ -35,7 +39,8 @@ from sidecar.core.request import Request
 from sidecar.core.status import Failure
 
 if TYPE_CHECKING:
-    import pykka
+    from sidecar.backends.base import BackendInfo
+    from sidecar.server.executor_pool import ExecutorPool
 
 __all__ = [
     "AbandonAll",
@@ -49,7 +54,10 @@ __all__ = [
     "Connect",
     "DispatchBatch",
     "Drain",
+    "ExecutorDown",
     "ExecutorFree",
+    "ExecutorLoaded",
+    "ExecutorUp",
     "FailRequests",
     "GetCounts",
     "GetSnapshot",
@@ -74,7 +82,7 @@ class Peers:
     session: pykka.ActorRef[Any]
     admission: pykka.ActorRef[Any]
     batcher: pykka.ActorRef[Any]
-    executors: tuple[pykka.ActorRef[Any], ...]
+    executors: ExecutorPool
     metrics: pykka.ActorRef[Any]
 
 
@@ -201,5 +209,18 @@ class GetSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class LoadBackend:
-    """ask() only: the executor loads its backend in its own thread (CUDA contexts
-    belong to the thread that made them) and answers with its BackendInfo."""
+    """The executor loads its backend in its own thread (CUDA contexts belong to the
+    thread that made them). Asked at start-up, it answers with its BackendInfo; a
+    replacement is told, and reports to `reply_to` with ExecutorLoaded."""
+
+    reply_to: pykka.ActorRef[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorLoaded:
+    """A replacement executor has loaded its backend (info) or failed to (error)."""
+
+    executor: int
+    incarnation: int
+    info: BackendInfo | None
+    error: str | None

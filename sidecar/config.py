@@ -108,7 +108,9 @@ class SidecarConfig:
     batch_timeout_s: float = key("sidecar.batch.timeout", _duration(False), "the batch window, counted from the oldest queued request", 0.002)
     max_inflight_batches: int = key("sidecar.batch.max-inflight", _integer(1), "batches one executor holds at once; 2 keeps the next batch ready so the backend never idles for a round trip", 2)
     max_queue_length: int = key("sidecar.queue.max-length", _integer(1), "requests that may wait; beyond it RESOURCE_EXHAUSTED at once", 4096)
+    max_per_stream: int = key("sidecar.queue.max-per-stream", _integer(0), "requests one stream may have queued; beyond it RESOURCE_EXHAUSTED, so one hot stream cannot fill the queue while others wait; 0 means no per-stream limit", 0)
     max_queue_wait_s: float = key("sidecar.queue.max-wait", _duration(True), "longest a request may wait for dispatch; then DEADLINE_EXCEEDED", 1.0)
+    backend_timeout_s: float = key("sidecar.backend.timeout", _duration(True), "a batch running longer than this fails DEADLINE_EXCEEDED and its backend instance is replaced", 30.0)
     health_port: int = key("sidecar.health.port", _integer(0, 65535), "HTTP port for GET /health (READY 200 / NOT_READY 503); 0 picks a free one", 7652)
     drain_timeout_s: float = key("sidecar.drain.timeout", _duration(False), "on SIGTERM, how long in-flight requests may take to finish; the rest get UNAVAILABLE", 30.0)
     metrics_reporters: tuple[str, ...] = key("sidecar.metrics.reporters", _names("prom", "log"), "metric reporters to run: prom (Prometheus endpoint), log (all metrics in the log every interval)", ("prom",))
@@ -135,11 +137,11 @@ class SidecarConfig:
             raise ValueError("invalid configuration: " + "; ".join(problems))
 
     def admission_limits(self) -> AdmissionLimits:
-        return AdmissionLimits(self.max_queue_length, self.max_queue_wait_s)
+        return AdmissionLimits(self.max_queue_length, self.max_queue_wait_s, self.max_per_stream or None)
 
     def batch_limits(self, backend_max_batch: int | None = None) -> BatchLimits:
         size = self.max_batch_size if backend_max_batch is None else min(self.max_batch_size, backend_max_batch)
-        return BatchLimits(size, self.batch_timeout_s, self.instances, self.max_inflight_batches)
+        return BatchLimits(size, self.batch_timeout_s, self.instances, self.max_inflight_batches, self.backend_timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

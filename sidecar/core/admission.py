@@ -2,22 +2,24 @@
 
 Rules (everything that decides admission lives here):
 - A request is admitted while the queue holds fewer than `max_queue_length`
-  requests; otherwise it is rejected RESOURCE_EXHAUSTED, with depth and limit in
-  the message and a retry hint derived from the rate the queue has been draining.
-- An admitted request must leave the queue by its `expires_at`: the earlier of
-  admission + `max_queue_wait` and its own deadline (received + client timeout).
-  The batcher enforces that; admission only computes it.
+  requests and its stream fewer than `max_per_stream`; otherwise it is rejected
+  RESOURCE_EXHAUSTED, with the depth and the limit in the message and a retry
+  hint derived from the rate the queue has been draining.
+- An admitted request must leave the queue by its queue deadline (admission +
+  `max_queue_wait`); the batcher enforces that, and the request's own deadline.
 - While draining, every request is rejected UNAVAILABLE.
 
-Depth is admitted minus released, where the batcher reports the total it has
-released (dispatched, expired or withdrawn). Reports arrive after the fact, so the
-depth seen here is never below the true depth: the limit can only be over-enforced,
-never exceeded.
+Depth is admitted minus released, per stream, where the batcher reports what
+left its queue (dispatched, expired, withdrawn) and what came back (requeued
+when an executor was replaced). Reports arrive after the fact, so the depth seen
+here is never below the true depth: limits can only be over-enforced, never
+exceeded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sidecar.core.request import Request
@@ -33,6 +35,7 @@ MIN_RETRY_AFTER_S = 0.001
 class AdmissionLimits:
     max_queue_length: int
     max_queue_wait_s: float
+    max_per_stream: int | None = None  # None: a stream may use the whole queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +56,19 @@ class AdmissionResult:
 class Admission:
     def __init__(self, limits: AdmissionLimits) -> None:
         self._limits = limits
-        self._admitted_total = 0
-        self._released_total = 0
+        self._depth = 0
+        self._by_stream: Counter[int] = Counter()
         self._draining = False
         self._rate: float | None = None  # items released per second, smoothed
-        self._last_release: tuple[float, int] | None = None  # (when, released_total)
+        self._last_release: float | None = None
+        self._released_since = 0
 
     @property
     def depth(self) -> int:
-        return self._admitted_total - self._released_total
+        return self._depth
+
+    def stream_depth(self, stream: int) -> int:
+        return self._by_stream[stream]
 
     @property
     def draining(self) -> bool:
@@ -71,27 +78,33 @@ class Admission:
         if self._draining:
             failure = Failure(Code.UNAVAILABLE, "server is draining and accepts no new requests")
             return AdmissionResult(None, tuple((r, failure) for r in requests))
-        room = max(0, self._limits.max_queue_length - self.depth)
-        taken = tuple(requests[:room])
-        self._admitted_total += len(taken)
-        rejected: tuple[tuple[Request, Failure], ...] = ()
-        if len(taken) < len(requests):
-            failure = self._queue_full()
-            rejected = tuple((r, failure) for r in requests[room:])
-        admitted = Admitted(taken, now, now + self._limits.max_queue_wait_s) if taken else None
-        return AdmissionResult(admitted, rejected)
+        limits = self._limits
+        per_stream = limits.max_per_stream
+        taken: list[Request] = []
+        rejected: list[tuple[Request, Failure]] = []
+        for r in requests:
+            if self._depth >= limits.max_queue_length:
+                rejected.append((r, self._full(f"queue is full: {self._depth} queued, limit {limits.max_queue_length}")))
+            elif per_stream is not None and self._by_stream[r.stream] >= per_stream:
+                n = self._by_stream[r.stream]
+                rejected.append((r, self._full(f"this stream has {n} requests queued, per-stream limit {per_stream}")))
+            else:
+                taken.append(r)
+                self._depth += 1
+                self._by_stream[r.stream] += 1
+        admitted = Admitted(tuple(taken), now, now + limits.max_queue_wait_s) if taken else None
+        return AdmissionResult(admitted, tuple(rejected))
 
-    def released(self, released_total: int, now: float) -> None:
-        """The batcher has released `released_total` requests since start."""
-        if released_total <= self._released_total:
-            return  # a late report: totals only grow
-        if self._last_release is not None:
-            then, before = self._last_release
-            if now > then:
-                sample = (released_total - before) / (now - then)
-                self._rate = sample if self._rate is None else self._rate + _RATE_SMOOTHING * (sample - self._rate)
-        self._last_release = (now, released_total)
-        self._released_total = released_total
+    def released(self, by_stream: Iterable[tuple[int, int]], now: float) -> None:
+        """The batcher reports, per stream, how many left its queue (negative: came back)."""
+        left = 0
+        for stream, n in by_stream:
+            self._depth -= n
+            self._by_stream[stream] -= n
+            if self._by_stream[stream] <= 0:
+                del self._by_stream[stream]
+            left += max(0, n)
+        self._observe_rate(left, now)
 
     def drain(self) -> None:
         self._draining = True
@@ -101,13 +114,20 @@ class Admission:
         limit = self._limits.max_queue_wait_s
         if not self._rate:
             return limit
-        return min(limit, max(MIN_RETRY_AFTER_S, self.depth / self._rate))
+        return min(limit, max(MIN_RETRY_AFTER_S, self._depth / self._rate))
 
-    def _queue_full(self) -> Failure:
+    def _observe_rate(self, left: int, now: float) -> None:
+        """Smooths the drain rate over intervals of at least a millisecond."""
+        if self._last_release is None:
+            self._last_release = now
+            return
+        self._released_since += left
+        elapsed = now - self._last_release
+        if elapsed >= 0.001:
+            sample = self._released_since / elapsed
+            self._rate = sample if self._rate is None else self._rate + _RATE_SMOOTHING * (sample - self._rate)
+            self._last_release, self._released_since = now, 0
+
+    def _full(self, why: str) -> Failure:
         retry = self.retry_after_s()
-        return Failure(
-            Code.RESOURCE_EXHAUSTED,
-            f"queue is full: {self.depth} queued, limit {self._limits.max_queue_length}; "
-            f"retry after {retry * 1000:.1f} ms",
-            retry_after_s=retry,
-        )
+        return Failure(Code.RESOURCE_EXHAUSTED, f"{why}; retry after {retry * 1000:.1f} ms", retry_after_s=retry)

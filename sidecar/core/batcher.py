@@ -1,6 +1,7 @@
 """Batcher: decides when, and what, to dispatch to the executors.
 
-Everything that affects a transition lives in this module. The state is derived
+Everything that affects a transition lives in this module (with the queue in
+fair_queue.py and executor bookkeeping in executors.py). The state is derived
 from the queue and two flags, never stored on its own:
 
     IDLE        nothing queued, not draining
@@ -8,39 +9,50 @@ from the queue and two flags, never stored on its own:
     DRAINING    drain asked; queued requests go out as soon as executors have room
     CLOSED      drained: nothing queued, no batch in flight; the final state
 
-Transition table (event -> next state; actions in brackets, D = DispatchBatch,
-F = FailRequests; ArmTimer and QueueReleased follow any step that changes them):
+Transition table (event -> next state; actions in brackets: D = DispatchBatch,
+F = FailRequests, R = ReplaceExecutor; ArmTimer, QueueReleased and
+CapacityChanged follow any step that changes what they report):
 
-    state \\ event  RequestsAdmitted     TimerFired          ExecutorFree        Withdraw        Drain
-    IDLE           COLLECTING or IDLE   IDLE                IDLE                IDLE            DRAINING or CLOSED
-                   [D]
-    COLLECTING     COLLECTING or IDLE   COLLECTING or IDLE  COLLECTING or IDLE  COLLECTING or   DRAINING or CLOSED
-                   [D]                  [D, F]              [D, F]              IDLE [F]        [D, F]
-    DRAINING       DRAINING [D]         DRAINING or CLOSED  DRAINING or CLOSED  DRAINING or     DRAINING
-                                        [D, F]              [D, F]              CLOSED [F]
-    CLOSED         CLOSED [F]           CLOSED              BatcherError        CLOSED          CLOSED
+    state \\ event  RequestsAdmitted  TimerFired       ExecutorFree     ExecutorDown     ExecutorUp       Withdraw         Drain
+    IDLE           COLLECTING|IDLE   IDLE             IDLE             IDLE [F, R]      IDLE             IDLE             DRAINING|CLOSED
+                   [D, F]
+    COLLECTING     COLLECTING|IDLE   COLLECTING|IDLE  COLLECTING|IDLE  COLLECTING|IDLE  COLLECTING|IDLE  COLLECTING|IDLE  DRAINING|CLOSED
+                   [D, F]            [D, F, R]        [D, F]           [F, R]           [D, F]           [F]              [D, F]
+    DRAINING       DRAINING [D, F]   DRAINING|CLOSED  DRAINING|CLOSED  DRAINING|CLOSED  DRAINING|CLOSED  DRAINING|CLOSED  DRAINING
+                                     [D, F, R]        [D, F]           [F, R]           [D, F]           [F]
+    CLOSED         CLOSED [F]        CLOSED           BatcherError     CLOSED           CLOSED           CLOSED           CLOSED
 
-Dispatch rule, applied after every event while an executor has a free slot:
+After every event, in this order:
+1. watchdog: an executor whose current batch has run for the backend timeout is
+   taken down: that batch fails DEADLINE_EXCEEDED, the batches waiting behind it
+   go back to the head of the queue, and a replacement is asked for (R);
+2. expire: a request whose queue deadline (admission + max queue wait) or own
+   deadline (receipt + client timeout) has come is failed DEADLINE_EXCEEDED;
+3. dispatch, while an executor is up and has a free slot, when
 
-    dispatch  =  draining  or  queued >= max_batch_size  or  now >= oldest.enqueued_at + window
-                 or  now >= earliest expiry - estimated compute time
+       draining  or  queued >= max_batch_size  or  now >= oldest.enqueued_at + window
+       or  some request must leave now to finish by its deadline (deadline - estimate <= now)
 
-A request whose expiry (the earlier of admission + max queue wait and its own
-deadline) has come is failed DEADLINE_EXCEEDED and never dispatched. An
-ExecutorFree for an executor with no batch in flight is illegal: it raises
-BatcherError and leaves the state as it was. See docs/architecture.md for the
-diagram.
+   taking urgent requests first (earliest deadline first), then one request per
+   stream in turn (fair_queue.py);
+4. a request that can no longer finish by its deadline (deadline - estimated
+   compute time has passed) is failed DEADLINE_EXCEEDED instead of wasting compute.
+
+ExecutorFree from an executor's old incarnation (it was replaced) is ignored; one
+from the current incarnation with no batch in flight is illegal: it raises
+BatcherError and leaves the state as it was. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
-from itertools import islice
 
 from sidecar.core.admission import Admitted
+from sidecar.core.executors import ExecutorSlots, InFlight
+from sidecar.core.fair_queue import Entry, FairQueue
 from sidecar.core.request import Request, RequestKey
 from sidecar.core.status import Code, Failure
 
@@ -54,6 +66,7 @@ class BatchLimits:
     batch_timeout_s: float  # the window, counted from the oldest queued request
     executors: int
     max_inflight_per_executor: int
+    backend_timeout_s: float = math.inf  # a batch running longer than this is declared hung
 
 
 class State(Enum):
@@ -85,12 +98,30 @@ class ExecutorFree:
     """A batch finished on `executor`, after `compute_s` seconds of backend time."""
 
     executor: int
+    incarnation: int
     compute_s: float
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutorDown:
+    """The executor's actor died; what it held must be answered."""
+
+    executor: int
+    incarnation: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorUp:
+    """A replacement executor has loaded its backend."""
+
+    executor: int
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
 class Withdraw:
-    """Remove these requests if still queued (their client has gone)."""
+    """Remove these requests if still queued (their client has gone, or cancelled them)."""
 
     keys: frozenset[RequestKey]
     reason: str
@@ -101,7 +132,7 @@ class Drain:
     pass
 
 
-Event = RequestsAdmitted | TimerFired | ExecutorFree | Withdraw | Drain
+Event = RequestsAdmitted | TimerFired | ExecutorFree | ExecutorDown | ExecutorUp | Withdraw | Drain
 
 
 # ---- actions ------------------------------------------------------------------------
@@ -112,7 +143,7 @@ class DispatchBatch:
     executor: int
     batch_id: int
     requests: tuple[Request, ...]
-    enqueued_at: tuple[float, ...]  # per request, oldest first
+    enqueued_at: tuple[float, ...]  # per request
     dispatched_at: float
 
 
@@ -128,9 +159,23 @@ class ArmTimer:
 
 @dataclass(frozen=True, slots=True)
 class QueueReleased:
-    """Requests that left the queue since start (dispatched, failed or withdrawn)."""
+    """Per stream, how many requests left the queue (negative: came back) since the last report."""
 
-    total: int
+    by_stream: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceExecutor:
+    """Start a fresh executor (and backend instance) as `executor`, under `incarnation`."""
+
+    executor: int
+    incarnation: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityChanged:
+    executors_up: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,16 +183,7 @@ class Drained:
     pass
 
 
-Action = DispatchBatch | FailRequests | ArmTimer | QueueReleased | Drained
-
-
-@dataclass(slots=True)
-class _Entry:
-    request: Request
-    enqueued_at: float
-    expires_at: float
-    queue_deadline: float
-    seq: int
+Action = DispatchBatch | FailRequests | ArmTimer | QueueReleased | ReplaceExecutor | CapacityChanged | Drained
 
 
 class Batcher:
@@ -155,17 +191,13 @@ class Batcher:
         if limits.max_batch_size < 1 or limits.executors < 1 or limits.max_inflight_per_executor < 1:
             raise ValueError(f"batch size, executors and in-flight batches must be >= 1: {limits}")
         self._limits = limits
-        # Insertion-ordered: iteration is FIFO. Keyed for O(1) withdrawal.
-        self._queue: dict[RequestKey, _Entry] = {}
-        # (expires_at, seq, key); entries that left the queue are skipped lazily.
-        self._expiries: list[tuple[float, int, RequestKey]] = []
-        self._seq = 0
-        self._inflight = [0] * limits.executors
+        self._queue = FairQueue()
+        self._slots = ExecutorSlots(limits.executors, limits.max_inflight_per_executor)
         self._draining = False
         self._closed = False
-        self._released = 0
-        self._reported_released = 0
+        self._released: Counter[int] = Counter()
         self._armed: float | None = None
+        self._reported_up = limits.executors
         self._next_batch_id = 0
         self._estimate_s = 0.0
 
@@ -177,15 +209,22 @@ class Batcher:
             return State.CLOSED
         if self._draining:
             return State.DRAINING
-        return State.COLLECTING if self._queue else State.IDLE
+        return State.COLLECTING if len(self._queue) else State.IDLE
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def stream_depth(self, stream: int) -> int:
+        return self._queue.depth_of(stream)
+
     @property
     def inflight_batches(self) -> tuple[int, ...]:
-        return tuple(self._inflight)
+        return self._slots.inflight_counts
+
+    @property
+    def executors_up(self) -> int:
+        return self._slots.up_count
 
     @property
     def compute_estimate_s(self) -> float:
@@ -193,13 +232,14 @@ class Batcher:
 
     def next_deadline(self) -> float | None:
         """When the batcher next needs a TimerFired, or None if it does not."""
-        if not self._queue:
-            return None
-        expiry = self._earliest_expiry()
-        if self._free_executor() is None:
-            return expiry
-        oldest = next(iter(self._queue.values()))
-        return min(oldest.enqueued_at + self._limits.batch_timeout_s, expiry - self._estimate_s)
+        q = self._queue
+        candidates = [self._slots.next_hang_check(self._limits.backend_timeout_s)]
+        if len(q):
+            candidates += [q.earliest_queue_deadline(), q.earliest_deadline() - self._estimate_s]
+            if self._slots.free_slot() is not None:
+                candidates.append(q.oldest_enqueued_at() + self._limits.batch_timeout_s)
+        at = min(candidates)
+        return None if at == math.inf else at
 
     # ---- the one entry point ----------------------------------------------------------
 
@@ -213,8 +253,14 @@ class Batcher:
                 # counts as due. A stale one (re-armed since) gets no such credit.
                 if at == self._armed:
                     now = max(now, at)
-            case ExecutorFree(executor, compute_s):
-                self._executor_free(executor, compute_s)
+            case ExecutorFree(executor, incarnation, compute_s):
+                self._executor_free(executor, incarnation, compute_s, now)
+            case ExecutorDown(executor, incarnation, reason):
+                if not self._closed and self._slots.is_current(executor, incarnation) and self._slots.is_up(executor):
+                    self._take_down(executor, reason, Failure(Code.INTERNAL, reason), requeue_waiting=False, actions=actions)
+            case ExecutorUp(executor, incarnation):
+                if self._slots.is_current(executor, incarnation):
+                    self._slots.bring_up(executor)
             case Withdraw(keys, reason):
                 self._withdraw(keys, reason, actions)
             case Drain():
@@ -222,19 +268,14 @@ class Batcher:
             case _:
                 raise BatcherError(f"unknown event {event!r}")
         if not self._closed:
+            self._watchdog(now, actions)  # first: what it puts back may have expired meanwhile
             self._expire(now, actions)
             self._dispatch(now, actions)
-            if self._draining and not self._queue and not any(self._inflight):
+            self._fail_hopeless(now, actions)
+            if self._draining and not len(self._queue) and not self._slots.any_inflight():
                 self._closed = True
                 actions.append(Drained())
-        self._compact_expiries()
-        if self._released != self._reported_released:
-            self._reported_released = self._released
-            actions.append(QueueReleased(self._released))
-        deadline = self.next_deadline()
-        if deadline != self._armed:
-            self._armed = deadline
-            actions.append(ArmTimer(deadline))
+        self._report(actions)
         return actions
 
     # ---- transitions ------------------------------------------------------------------
@@ -242,103 +283,133 @@ class Batcher:
     def _enqueue(self, admitted: Admitted, now: float, actions: list[Action]) -> None:
         if self._closed:
             failure = Failure(Code.UNAVAILABLE, "server has drained and accepts no new requests")
-            self._released += len(admitted.requests)
-            actions.append(FailRequests(tuple((r, failure) for r in admitted.requests)))
+            self._fail([(r, failure) for r in admitted.requests], actions)
             return
         duplicates: list[tuple[Request, Failure]] = []
         for r in admitted.requests:
-            key = r.key
-            if key in self._queue:
+            if r.key in self._queue:
                 duplicates.append((r, Failure(Code.INVALID_ARGUMENT, f"request id {r.request_id} is already queued")))
                 continue
-            expires_at = min(r.deadline, admitted.queue_deadline)
-            self._seq += 1
-            self._queue[key] = _Entry(r, now, expires_at, admitted.queue_deadline, self._seq)
-            heapq.heappush(self._expiries, (expires_at, self._seq, key))
-        if duplicates:
-            self._released += len(duplicates)
-            actions.append(FailRequests(tuple(duplicates)))
+            self._queue.add(Entry(r, now, admitted.queue_deadline))
+        self._fail(duplicates, actions)
 
-    def _executor_free(self, executor: int, compute_s: float) -> None:
-        if not 0 <= executor < len(self._inflight) or self._inflight[executor] == 0:
+    def _executor_free(self, executor: int, incarnation: int, compute_s: float, now: float) -> None:
+        if not self._slots.is_current(executor, incarnation) and 0 <= executor < self._limits.executors:
+            return  # a replaced executor finishing late: its batch was answered already
+        if not self._slots.is_current(executor, incarnation) or not self._slots.has_inflight(executor):
             raise BatcherError(f"executor {executor} reported free but has no batch in flight")
-        self._inflight[executor] -= 1
-        sample = max(0.0, compute_s)
-        self._estimate_s += _ESTIMATE_SMOOTHING * (sample - self._estimate_s)
+        self._slots.finish(executor, now)
+        self._estimate_s += _ESTIMATE_SMOOTHING * (max(0.0, compute_s) - self._estimate_s)
 
     def _withdraw(self, keys: frozenset[RequestKey], reason: str, actions: list[Action]) -> None:
-        gone = [self._queue.pop(k) for k in keys if k in self._queue]
-        if gone:
-            self._released += len(gone)
-            failure = Failure(Code.CANCELLED, reason)
-            actions.append(FailRequests(tuple((e.request, failure) for e in gone)))
+        gone = [e for e in map(self._queue.remove, keys) if e is not None]
+        failure = Failure(Code.CANCELLED, reason)
+        self._fail([(e.request, failure) for e in gone], actions)
 
     def _expire(self, now: float, actions: list[Action]) -> None:
-        failures: list[tuple[Request, Failure]] = []
-        while self._earliest_expiry() <= now:
-            _, _, key = heapq.heappop(self._expiries)
-            entry = self._queue.pop(key)
-            failures.append((entry.request, _expired(entry, now)))
-        if failures:
-            self._released += len(failures)
-            actions.append(FailRequests(tuple(failures)))
+        self._fail([(e.request, _expired(e, now)) for e in self._queue.pop_expired(now)], actions)
+
+    def _watchdog(self, now: float, actions: list[Action]) -> None:
+        timeout = self._limits.backend_timeout_s
+        for executor in self._slots.hung(now, timeout):
+            reason = (
+                f"the backend gave no answer within the backend timeout of {timeout:g} s "
+                f"(instance {executor}); the instance is being replaced"
+            )
+            self._take_down(executor, reason, Failure(Code.DEADLINE_EXCEEDED, reason), requeue_waiting=True, actions=actions)
+
+    def _take_down(
+        self, executor: int, reason: str, failure: Failure, *, requeue_waiting: bool, actions: list[Action]
+    ) -> None:
+        """Fails the batch the executor was running; the ones waiting behind it go
+        back to the queue (or fail too, if the executor died and took them along)."""
+        incarnation, held = self._slots.take_down(executor)
+        running, waiting = held[:1], held[1:]
+        if requeue_waiting and waiting:
+            back = [e for b in waiting for e in b.entries]
+            self._queue.add_front(back)
+            for e in back:
+                self._released[e.request.stream] -= 1
+            waiting = []
+        self._fail([(e.request, failure) for b in running + waiting for e in b.entries], actions, released=False)
+        actions.append(ReplaceExecutor(executor, incarnation, reason))
 
     def _dispatch(self, now: float, actions: list[Action]) -> None:
-        limits = self._limits
-        while self._queue:
-            executor = self._free_executor()
+        limits, q = self._limits, self._queue
+        while len(q):
+            executor = self._slots.free_slot()
             if executor is None:
                 return
-            oldest = next(iter(self._queue.values()))
+            lead = self._estimate_s  # a request must leave this long before its deadline
             ready = (
                 self._draining
-                or len(self._queue) >= limits.max_batch_size
-                or now >= oldest.enqueued_at + limits.batch_timeout_s
-                or now >= self._earliest_expiry() - self._estimate_s
+                or len(q) >= limits.max_batch_size
+                or now >= q.oldest_enqueued_at() + limits.batch_timeout_s
+                or q.earliest_deadline() - lead <= now
             )
             if not ready:
                 return
-            keys = list(islice(self._queue, limits.max_batch_size))
-            entries = [self._queue.pop(k) for k in keys]
-            self._inflight[executor] += 1
-            self._released += len(entries)
+            entries = q.take(limits.max_batch_size, now, lead)
+            batch_id = self._next_batch_id
+            self._next_batch_id += 1
+            self._slots.dispatch(executor, InFlight(batch_id, entries, now, None), now)
+            for e in entries:
+                self._released[e.request.stream] += 1
             actions.append(
                 DispatchBatch(
                     executor,
-                    self._next_batch_id,
+                    batch_id,
                     tuple(e.request for e in entries),
                     tuple(e.enqueued_at for e in entries),
                     now,
                 )
             )
-            self._next_batch_id += 1
+
+    def _fail_hopeless(self, now: float, actions: list[Action]) -> None:
+        """Requests still queued that cannot finish by their deadline any more."""
+        estimate = self._estimate_s
+        hopeless = self._queue.pop_urgent(now, estimate)
+        self._fail(
+            [
+                (
+                    e.request,
+                    Failure(
+                        Code.DEADLINE_EXCEEDED,
+                        f"request can no longer finish by its deadline: {(e.deadline - now) * 1000:.1f} ms left, "
+                        f"a batch takes about {estimate * 1000:.1f} ms and no executor is free",
+                    ),
+                )
+                for e in hopeless
+            ],
+            actions,
+        )
 
     # ---- helpers ----------------------------------------------------------------------
 
-    def _free_executor(self) -> int | None:
-        """The least loaded executor with a free slot (lowest id on ties), if any."""
-        load, executor = min((n, i) for i, n in enumerate(self._inflight))
-        return executor if load < self._limits.max_inflight_per_executor else None
+    def _fail(self, failures: list[tuple[Request, Failure]], actions: list[Action], *, released: bool = True) -> None:
+        if not failures:
+            return
+        if released:  # they leave the queue (a running batch's requests left it at dispatch)
+            for r, _ in failures:
+                self._released[r.stream] += 1
+        actions.append(FailRequests(tuple(failures)))
 
-    def _earliest_expiry(self) -> float:
-        heap = self._expiries
-        while heap:
-            at, seq, key = heap[0]
-            entry = self._queue.get(key)
-            if entry is not None and entry.seq == seq:
-                return at
-            heapq.heappop(heap)
-        return math.inf
-
-    def _compact_expiries(self) -> None:
-        # Dispatched entries stay in the heap until they surface; rebuild when they
-        # dominate so memory follows the queue, not the throughput.
-        if len(self._expiries) > 2 * len(self._queue) + 64:
-            self._expiries = [(e.expires_at, e.seq, k) for k, e in self._queue.items()]
-            heapq.heapify(self._expiries)
+    def _report(self, actions: list[Action]) -> None:
+        released = tuple((s, n) for s, n in self._released.items() if n)
+        self._released.clear()
+        if released:
+            actions.append(QueueReleased(released))
+        up = self._slots.up_count
+        if up != self._reported_up:
+            self._reported_up = up
+            actions.append(CapacityChanged(up))
+        deadline = self.next_deadline()
+        if deadline != self._armed:
+            self._armed = deadline
+            actions.append(ArmTimer(deadline))
 
 
-def _expired(entry: _Entry, now: float) -> Failure:
+def _expired(entry: Entry, now: float) -> Failure:
     r = entry.request
     waited_ms = (now - r.received_at) * 1000
     if r.deadline <= entry.queue_deadline:

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -56,7 +56,8 @@ class SidecarServer:
     """`await start()` listens and loads the model; `await drain()` or `await stop()` ends it.
 
     Pass `backends` to serve prepared instances (tests inject fault-injecting
-    mocks this way); otherwise `config.instances` are made from the registry.
+    mocks this way), and `make_backend` for the fresh instances that replace
+    hung or dead ones; otherwise both come from the registry.
     """
 
     def __init__(
@@ -65,11 +66,14 @@ class SidecarServer:
         *,
         clock: Clock | None = None,
         backends: Sequence[Backend] | None = None,
+        make_backend: Callable[[], Backend] | None = None,
         reporters: Sequence[MetricReporter] = (),
     ) -> None:
         self.config = config
         self._clock = clock or MonotonicClock()
         self._backends = backends
+        self._make_backend = make_backend
+        self._draining = False
         self.metric_registry = MetricRegistry(
             [
                 *create_reporters(
@@ -149,8 +153,17 @@ class SidecarServer:
         backends = self._backends or [registry.create(config.backend, config.model_uri) for _ in range(config.instances)]
         assert self._ingress is not None, "listen() first"
         # Loading can take minutes on a real model; the loop keeps serving meanwhile.
+        loop = asyncio.get_running_loop()
         self._pipeline = await asyncio.to_thread(
-            start_pipeline, config, self._clock, backends, self._ingress.deliver, self.metric_group, self._drained
+            start_pipeline,
+            config,
+            self._clock,
+            backends,
+            self._ingress.deliver,
+            self.metric_group,
+            make_backend=self._make_backend or (lambda: registry.create(config.backend, config.model_uri)),
+            on_drained=self._drained,
+            on_capacity=lambda up: loop.call_soon_threadsafe(self._capacity_changed, up),
         )
         info = self._pipeline.info
         self._servicer.model_info = model_info_message(backends[0].name, info, self._pipeline.batch_size, config)
@@ -162,6 +175,13 @@ class SidecarServer:
         await self.health.set_ready(True)
         event(log, "ready", endpoint=self.address)
 
+    def _capacity_changed(self, executors_up: int) -> None:
+        """Ready only while some backend instance is up (and not draining)."""
+        ready = executors_up > 0 and not self._draining
+        if ready != self.health.ready:
+            event(log, "readiness changed", ready=ready, executors_up=executors_up)
+            asyncio.ensure_future(self.health.set_ready(ready))
+
     def _drained(self) -> None:
         event(log, "batcher drained")  # called on the batcher's thread
 
@@ -170,6 +190,7 @@ class SidecarServer:
         timeout_s = self.config.drain_timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
         ingress = self._ingress
+        self._draining = True
         await self.health.set_ready(False)
         abandoned = 0
         completed = True

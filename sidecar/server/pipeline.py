@@ -10,7 +10,6 @@ import pykka
 
 from actors.admission import AdmissionActor
 from actors.batcher import BatcherActor
-from actors.executor import ExecutorActor
 from actors.messages import Connect, LoadBackend, Peers
 from actors.metrics import MetricsActor
 from actors.session import Deliver, SessionActor
@@ -18,6 +17,7 @@ from sidecar.backends.base import Backend, BackendInfo
 from sidecar.clock import Clock
 from sidecar.config import SidecarConfig
 from sidecar.metrics.group import MetricGroup
+from sidecar.server.executor_pool import ExecutorPool
 
 # Bounds every wait the wiring does on an actor (a backend load included).
 LOAD_TIMEOUT_S = 600.0
@@ -38,7 +38,8 @@ class Pipeline:
         """
         p = self.peers
         refs = {"session": p.session, "admission": p.admission, "batcher": p.batcher, "metrics": p.metrics}
-        refs.update({f"executor {i}": ref for i, ref in enumerate(p.executors)})
+        p.executors.retire_all()  # what they finish from now on is dropped
+        refs.update({f"executor {i}": ref for i, ref in enumerate(p.executors.refs())})
         futures = {name: ref.stop(block=False) for name, ref in refs.items()}
         deadline = time.monotonic() + timeout_s
         stuck = []
@@ -56,15 +57,20 @@ def start_pipeline(
     backends: Sequence[Backend],
     deliver: Deliver,
     metrics: MetricGroup,
+    *,
+    make_backend: Callable[[], Backend] | None = None,
     on_drained: Callable[[], None] = lambda: None,
+    on_capacity: Callable[[int], None] = lambda up: None,
 ) -> Pipeline:
     """Loads every backend (each in its executor's thread) and wires the actors.
 
-    `metrics` is the group the metrics actor registers its metrics in (gpuSidecar).
+    `metrics` is the group the metrics actor registers its metrics in (gpuSidecar);
+    `make_backend` makes the fresh instance that replaces a hung or dead one.
     """
     if len(backends) != config.instances:
         raise ValueError(f"{config.instances} instances configured but {len(backends)} backends given")
-    executors = [ExecutorActor.start(i, b, clock) for i, b in enumerate(backends)]
+    pool = ExecutorPool(make_backend or _cannot_replace, clock)
+    executors = [pool.start(i, backend=b) for i, b in enumerate(backends)]
     started: list[pykka.ActorRef] = list(executors)
     try:
         infos = [ref.ask(LoadBackend(), timeout=LOAD_TIMEOUT_S) for ref in executors]
@@ -74,7 +80,7 @@ def start_pipeline(
         limits = config.batch_limits(info.max_batch_size)
         metrics_actor = MetricsActor.start(metrics, clock, config.instances, config.histogram_window)
         started.append(metrics_actor)
-        batcher = BatcherActor.start(limits, clock, on_drained)
+        batcher = BatcherActor.start(limits, clock, info, on_drained, on_capacity)
         started.append(batcher)
         admission = AdmissionActor.start(config.admission_limits(), clock)
         started.append(admission)
@@ -84,7 +90,12 @@ def start_pipeline(
         for ref in started:
             ref.stop(block=False)
         raise
-    peers = Peers(session, admission, batcher, tuple(executors), metrics_actor)
+    peers = Peers(session, admission, batcher, pool, metrics_actor)
+    pool.peers = peers
     for ref in started:
         ref.tell(Connect(peers))
     return Pipeline(peers, info, limits.max_batch_size)
+
+
+def _cannot_replace() -> Backend:
+    raise RuntimeError("no backend factory was given, so a failed instance cannot be replaced")

@@ -36,21 +36,34 @@ def test_rejection_names_depth_limit_and_carries_retry_hint():
 def test_retry_hint_follows_drain_rate():
     a = Admission(AdmissionLimits(max_queue_length=100, max_queue_wait_s=5.0))
     a.admit(reqs(range(100)), now=0.0)
-    a.released(0 + 10, now=1.0)
+    a.released([(1, 10)], now=1.0)  # the first report starts the clock
     a.admit(reqs(range(100, 110)), now=1.0)
-    a.released(60, now=2.0)  # 50 per second
+    a.released([(1, 50)], now=2.0)  # 50 per second
     a.admit(reqs(range(110, 160)), now=2.0)
     (_, failure), = a.admit(reqs([999]), now=2.0).rejected
     assert failure.retry_after_s == pytest.approx(100 / 50)
 
 
-def test_released_frees_room_and_ignores_late_reports():
+def test_released_frees_room_and_requeued_take_it_back():
     a = Admission(AdmissionLimits(max_queue_length=2, max_queue_wait_s=0.5))
     a.admit(reqs([1, 2]), now=0.0)
-    a.released(2, now=0.1)
-    a.released(1, now=0.2)  # out of order: totals only grow
+    a.released([(1, 2)], now=0.1)
     assert a.depth == 0
-    assert len(a.admit(reqs([3, 4]), now=0.3).admitted.requests) == 2
+    a.released([(1, -1)], now=0.2)  # one came back (its executor was replaced)
+    assert a.depth == 1
+    assert len(a.admit(reqs([3, 4]), now=0.3).admitted.requests) == 1
+
+
+def test_per_stream_limit_stops_one_stream_filling_the_queue():
+    a = Admission(AdmissionLimits(max_queue_length=10, max_queue_wait_s=0.5, max_per_stream=3))
+    hot = a.admit([request(i, stream=1) for i in range(5)], now=0.0)
+    assert len(hot.admitted.requests) == 3
+    (_, failure), *_ = hot.rejected
+    assert failure.code is Code.RESOURCE_EXHAUSTED
+    assert "this stream has 3 requests queued, per-stream limit 3" in failure.message
+    assert failure.retry_after_s is not None
+    cold = a.admit([request(i, stream=2) for i in range(3)], now=0.0)
+    assert len(cold.admitted.requests) == 3 and a.depth == 6
 
 
 def test_draining_refuses_everything_unavailable():

@@ -1,12 +1,14 @@
 """Invariants of design.md, checked over random event sequences.
 
 A tiny shell drives the batcher the way the actor does: it fires the one armed
-timer at its time before anything later happens, and completes dispatched batches.
+timer at its time before anything later happens, completes dispatched batches in
+order per executor, brings replaced executors back, and sometimes kills one.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,8 +21,11 @@ from sidecar.core.batcher import (
     DispatchBatch,
     Drain,
     Drained,
+    ExecutorDown,
     ExecutorFree,
+    ExecutorUp,
     FailRequests,
+    ReplaceExecutor,
     RequestsAdmitted,
     State,
     TimerFired,
@@ -29,10 +34,12 @@ from sidecar.core.batcher import (
 from sidecar.core.status import Code
 from tests.factories import admitted, request
 
+MAX_WAIT = 0.020
+
 # One step of the scenario: (kind, time advance in ms, parameter)
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["arrive", "arrive", "arrive", "finish", "withdraw", "idle"]),
+        st.sampled_from(["arrive", "arrive", "arrive", "finish", "finish", "withdraw", "idle", "up", "down", "stale"]),
         st.integers(min_value=0, max_value=15),
         st.integers(min_value=0, max_value=12),
     ),
@@ -44,6 +51,7 @@ limits = st.builds(
     batch_timeout_s=st.sampled_from([0.0, 0.002, 0.005, 0.010]),
     executors=st.integers(1, 3),
     max_inflight_per_executor=st.integers(1, 2),
+    backend_timeout_s=st.sampled_from([math.inf, 0.008, 0.030]),
 )
 
 
@@ -53,9 +61,13 @@ class Shell:
         self.lim = lim
         self.now = 0.0
         self.timer: float | None = None
-        self.running: list[int] = []  # executor of each in-flight batch, oldest first
+        self.running: list[deque[tuple[int, tuple]]] = [deque() for _ in range(lim.executors)]
+        self.incarnation = [0] * lim.executors
+        self.replacing: set[int] = set()
         self.expiry: dict[tuple[int, int], float] = {}
-        self.outcomes: dict[tuple[int, int], list[str]] = {}
+        self.answers: dict[tuple[int, int], list[str]] = {}
+        self.in_batch: set[tuple[int, int]] = set()
+        self.requeued: set[tuple[int, int]] = set()  # waited in a replaced executor's inbox
         self.log: list[str] = []
         self.next_id = 0
         self.drained = False
@@ -65,69 +77,107 @@ class Shell:
         self.log.append(repr(actions))
         for a in actions:
             match a:
-                case DispatchBatch(executor, _, reqs, _):
+                case DispatchBatch(executor, _, reqs):
                     assert 1 <= len(reqs) <= self.lim.max_batch_size
                     for r in reqs:
                         assert self.now < self.expiry[r.key], "dispatched at or after its expiry"
-                        self.outcomes[r.key].append("dispatched")
-                    self.running.append(executor)
+                        self.in_batch.add(r.key)
+                    self.running[executor].append((self.incarnation[executor], tuple(r.key for r in reqs)))
                 case FailRequests(failures):
                     for r, f in failures:
-                        self.outcomes[r.key].append(f.code.name)
-                        if f.code is Code.DEADLINE_EXCEEDED:
-                            assert math.isclose(self.now, self.expiry[r.key], abs_tol=1e-9), "waited past its limit"
+                        self.answers[r.key].append(f.code.name)
+                        if f.code is Code.DEADLINE_EXCEEDED and r.key not in self.in_batch | self.requeued:
+                            assert self.now <= self.expiry[r.key] + 1e-9, "waited past its limit"
+                        self.in_batch.discard(r.key)
+                case ReplaceExecutor(executor, incarnation):
+                    # the batcher failed or requeued what the executor held
+                    for _, keys in self.running[executor]:
+                        self.in_batch.difference_update(keys)
+                        self.requeued.update(keys)
+                    self.running[executor].clear()
+                    self.incarnation[executor] = incarnation
+                    self.replacing.add(executor)
                 case ArmTimer(at):
                     self.timer = at
                 case Drained():
                     self.drained = True
-        for entry in self.b._queue.values():  # nothing still queued may be past its expiry
+        for entry in self.b._queue:  # nothing still queued may be past its expiry
             assert entry.expires_at > self.now
 
     def advance(self, dt: float) -> None:
         target = self.now + dt
-        while self.timer is not None and self.timer <= target:
+        for _ in range(10_000):
+            if self.timer is None or self.timer > target:
+                self.now = target
+                return
             self.now = max(self.now, self.timer)
             self.handle(TimerFired(self.timer))
-        self.now = target
+        raise AssertionError(f"the timer keeps firing at {self.timer} without progress")
+
+    def finish(self, executor: int, dt: float) -> None:
+        incarnation, keys = self.running[executor].popleft()
+        for k in keys:
+            self.answers[k].append("OK")
+            self.in_batch.discard(k)
+        self.handle(ExecutorFree(executor, incarnation, dt))
 
     def step(self, kind: str, dt_ms: int, n: int) -> None:
         self.advance(dt_ms / 1000)
+        busy = [i for i, r in enumerate(self.running) if r]
         if kind == "arrive":
             reqs = []
             for i in range(n):
                 timeout = None if i % 3 else 0.001 * (1 + (n + i) % 9)
                 r = request(self.next_id, stream=1 + i % 2, at=self.now, timeout=timeout)
                 self.next_id += 1
-                self.expiry[r.key] = min(r.deadline, self.now + 0.020)
-                self.outcomes[r.key] = []
+                self.expiry[r.key] = min(r.deadline, self.now + MAX_WAIT)
+                self.answers[r.key] = []
                 reqs.append(r)
             if reqs:
-                self.handle(RequestsAdmitted(admitted(reqs, self.now, max_wait=0.020)))
-        elif kind == "finish" and self.running:
-            self.handle(ExecutorFree(self.running.pop(0), dt_ms / 1000))
+                self.handle(RequestsAdmitted(admitted(reqs, self.now, max_wait=MAX_WAIT)))
+        elif kind == "finish" and busy:
+            self.finish(busy[n % len(busy)], dt_ms / 1000)
         elif kind == "withdraw":
             keys = frozenset((1 + k % 2, k) for k in range(max(0, self.next_id - n), self.next_id))
             self.handle(Withdraw(keys, "client went away"))
+        elif kind == "up" and self.replacing:
+            executor = sorted(self.replacing)[n % len(self.replacing)]
+            self.replacing.discard(executor)
+            self.handle(ExecutorUp(executor, self.incarnation[executor]))
+        elif kind == "down":
+            executor = n % self.lim.executors
+            self.handle(ExecutorDown(executor, self.incarnation[executor], "actor died"))
+        elif kind == "stale":  # an old incarnation reports in late: ignored
+            executor = n % self.lim.executors
+            if self.incarnation[executor] > 0:
+                self.handle(ExecutorFree(executor, self.incarnation[executor] - 1, 0.001))
 
     def finish_everything(self) -> None:
         self.handle(Drain())
-        while self.running or self.b.queue_depth:
-            if self.running:
-                self.handle(ExecutorFree(self.running.pop(0), 0.001))
+        for _ in range(10_000):
+            if self.drained:
+                return
+            busy = [i for i, r in enumerate(self.running) if r]
+            if busy:
+                self.finish(busy[0], 0.001)
+            elif self.replacing:
+                executor = self.replacing.pop()
+                self.handle(ExecutorUp(executor, self.incarnation[executor]))
             else:
                 self.advance(1.0)
+        raise AssertionError("never drained")
 
 
 @settings(max_examples=300, deadline=None)
 @given(limits, steps)
-def test_every_request_gets_exactly_one_outcome_and_limits_hold(lim, scenario):
+def test_every_request_gets_exactly_one_answer_and_limits_hold(lim, scenario):
     shell = Shell(lim)
     for kind, dt, n in scenario:
         shell.step(kind, dt, n)
     shell.finish_everything()
     assert shell.drained and shell.b.state is State.CLOSED
-    for key, outcomes in shell.outcomes.items():
-        assert len(outcomes) == 1, (key, outcomes)
+    for key, answers in shell.answers.items():
+        assert len(answers) == 1, (key, answers)
 
 
 @settings(max_examples=150, deadline=None)
@@ -143,33 +193,59 @@ def test_same_events_give_the_same_batches(lim, scenario):
     assert logs[0] == logs[1]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), min_size=2, max_size=6),  # requests queued per stream
+    st.integers(1, 16),  # max batch size
+)
+def test_no_stream_gets_less_than_its_fair_share_while_it_has_work(loads, max_batch):
+    b = Batcher(BatchLimits(max_batch, 0.0, executors=1, max_inflight_per_executor=1))
+    reqs = [request(i * 1000 + j, stream=i + 1) for i, n in enumerate(loads) for j in range(n)]
+    actions = b.handle(RequestsAdmitted(admitted(reqs, 0.0)), 0.0)
+    queued = {i + 1: n for i, n in enumerate(loads)}
+    t = 0.0
+    while True:
+        batches = [a for a in actions if isinstance(a, DispatchBatch)]
+        for batch in batches:
+            active = [s for s, n in queued.items() if n]
+            share = max_batch // len(active)
+            got = {s: sum(r.stream == s for r in batch.requests) for s in active}
+            for s in active:
+                assert got[s] >= min(queued[s], share), (s, got, queued, share)
+            for s in active:
+                queued[s] -= got[s]
+        if not any(queued.values()):
+            break
+        t += 0.001
+        actions = b.handle(ExecutorFree(0, 0, 0.001), t)
+
+
 ALLOWED = {
     # (state before, event kind) -> states it may lead to; "error" = BatcherError
+    **{(State.IDLE, k): {State.IDLE} for k in ("timer", "withdraw", "down", "up")},
     (State.IDLE, "arrive"): {State.IDLE, State.COLLECTING},
-    (State.IDLE, "timer"): {State.IDLE},
     (State.IDLE, "free"): {State.IDLE, "error"},
-    (State.IDLE, "withdraw"): {State.IDLE},
     (State.IDLE, "drain"): {State.DRAINING, State.CLOSED},
-    (State.COLLECTING, "arrive"): {State.IDLE, State.COLLECTING},
-    (State.COLLECTING, "timer"): {State.IDLE, State.COLLECTING},
+    **{(State.COLLECTING, k): {State.IDLE, State.COLLECTING} for k in ("arrive", "timer", "withdraw", "down", "up")},
     (State.COLLECTING, "free"): {State.IDLE, State.COLLECTING, "error"},
-    (State.COLLECTING, "withdraw"): {State.IDLE, State.COLLECTING},
     (State.COLLECTING, "drain"): {State.DRAINING, State.CLOSED},
     (State.DRAINING, "arrive"): {State.DRAINING},
-    (State.DRAINING, "timer"): {State.DRAINING, State.CLOSED},
+    **{(State.DRAINING, k): {State.DRAINING, State.CLOSED} for k in ("timer", "withdraw", "down", "up")},
     (State.DRAINING, "free"): {State.DRAINING, State.CLOSED, "error"},
-    (State.DRAINING, "withdraw"): {State.DRAINING, State.CLOSED},
     (State.DRAINING, "drain"): {State.DRAINING},
-    (State.CLOSED, "arrive"): {State.CLOSED},
-    (State.CLOSED, "timer"): {State.CLOSED},
+    **{(State.CLOSED, k): {State.CLOSED} for k in ("arrive", "timer", "withdraw", "drain", "down", "up")},
     (State.CLOSED, "free"): {"error"},
-    (State.CLOSED, "withdraw"): {State.CLOSED},
-    (State.CLOSED, "drain"): {State.CLOSED},
 }
 
 
 @settings(max_examples=300, deadline=None)
-@given(limits, steps, st.booleans(), st.sampled_from(["arrive", "timer", "free", "withdraw", "drain"]), st.integers(0, 2))
+@given(
+    limits,
+    steps,
+    st.booleans(),
+    st.sampled_from(["arrive", "timer", "free", "withdraw", "drain", "down", "up"]),
+    st.integers(0, 2),
+)
 def test_every_state_event_pair_is_legal_or_a_defined_error(lim, prefix, drain_first, kind, executor):
     shell = Shell(lim)
     for k, dt, n in prefix:
@@ -178,12 +254,15 @@ def test_every_state_event_pair_is_legal_or_a_defined_error(lim, prefix, drain_f
         shell.handle(Drain())
     before = shell.b.state
     snapshot = (shell.b.queue_depth, shell.b.inflight_batches)
+    i = executor % lim.executors
     event = {
         "arrive": RequestsAdmitted(admitted([request(10_000, at=shell.now)], shell.now)),
         "timer": TimerFired(shell.now),
-        "free": ExecutorFree(executor, 0.001),
+        "free": ExecutorFree(executor, shell.incarnation[i] if executor < lim.executors else 0, 0.001),
         "withdraw": Withdraw(frozenset({(1, 0), (2, 1)}), "gone"),
         "drain": Drain(),
+        "down": ExecutorDown(i, shell.incarnation[i], "died"),
+        "up": ExecutorUp(i, shell.incarnation[i]),
     }[kind]
     try:
         shell.b.handle(event, shell.now)
