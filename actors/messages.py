@@ -70,6 +70,7 @@ __all__ = [
     "RequestsReceived",
     "ResponsesWritten",
     "StreamClosed",
+    "StreamInput",
     "TimerFired",
     "Withdraw",
 ]
@@ -95,14 +96,20 @@ class Connect:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamInput:
+    """What one stream sent in one event-loop pass."""
+
+    stream: int
+    requests: Sequence[Any]  # wire InferRequest messages, converted and validated by the session
+    cancels: Sequence[int]  # request ids to cancel
+    deadline: float  # the stream's own gRPC deadline (absolute), math.inf if none
+
+
+@dataclass(frozen=True, slots=True)
 class RequestsReceived:
-    """Everything read from all streams in one event-loop pass.
+    """Everything read from all streams in one event-loop pass."""
 
-    `items` pairs a stream id with the wire requests read from it (protobuf
-    InferRequest messages, converted and validated by the session).
-    """
-
-    items: Sequence[tuple[int, Sequence[Any]]]
+    items: Sequence[StreamInput]
     received_at: float
 
 

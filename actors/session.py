@@ -5,13 +5,18 @@ one pass travels on as one message (measured: an actor woken per request saw lis
 of ~1.5; one fed per loop pass saw 4-13). It turns wire requests into core
 requests (answering bad ones INVALID_ARGUMENT at once), remembers which ids are in
 flight on which stream, and routes every answer back to its stream, exactly once.
-Answers for a stream whose client has gone are dropped and counted cancelled.
 
-It is also where outcomes are counted: every answer passes through here once.
+Every request gets a uid, unique for the server's life; an answer counts only for
+the request with that uid. So a late answer (from a backend that was given up on,
+or for a request cancelled or abandoned) can never be taken for the answer to a
+newer request that reuses its id. Answers for a stream whose client has gone are
+dropped and counted cancelled. It is also where outcomes are counted: every
+answer passes through here once.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +37,7 @@ from actors.messages import (
     Peers,
     RequestsReceived,
     StreamClosed,
+    StreamInput,
     Withdraw,
 )
 from sidecar.clock import Clock
@@ -44,8 +50,8 @@ log = logging.getLogger(__name__)
 
 # One answer on its way to a stream: (wire response, received_at, completed_at).
 Outgoing = tuple[Any, float, float]
-# Answers grouped by stream id; called once per handled message.
-Deliver = Callable[[dict[int, list[Outgoing]]], None]
+# Answers grouped by stream id, and cancels that named nothing in flight.
+Deliver = Callable[[dict[int, list[Outgoing]], dict[int, list[int]]], None]
 
 OUTCOME_BY_CODE = {
     Code.OK: "succeeded",
@@ -56,6 +62,7 @@ OUTCOME_BY_CODE = {
     Code.INVALID_ARGUMENT: "invalid",
     Code.INTERNAL: "failed",
 }
+CANCELLED_BY_CLIENT = Failure(Code.CANCELLED, "cancelled by the client")
 
 
 class SessionActor(pykka.ThreadingActor):
@@ -68,16 +75,21 @@ class SessionActor(pykka.ThreadingActor):
         self._deliver = deliver
         self._clock = clock
         self._peers: Peers | None = None
-        # open streams -> {request id awaiting an answer: received_at}
-        self._inflight: dict[int, dict[int, float]] = {}
-        self._gone: dict[int, set[int]] = {}  # closed streams -> ids whose answers are dropped
-        # Answered UNAVAILABLE by AbandonAll; their late results are dropped uncounted.
-        self._abandoned: set[tuple[int, int]] = set()
+        self._uids = itertools.count(1)
+        # open streams -> {request id awaiting an answer: (received_at, uid)}
+        self._inflight: dict[int, dict[int, tuple[float, int]]] = {}
+        self._gone: set[int] = set()  # uids on closed streams: answers dropped, counted cancelled
+        self._abandoned: set[int] = set()  # uids answered by AbandonAll: late answers dropped
+        self._cancelling: set[int] = set()  # uids the client cancelled: answered CANCELLED
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case RequestsReceived(items, received_at):
-                self._received(items, received_at)
+                try:
+                    self._received(items, received_at)
+                except Exception:  # a bug must not leave requests unanswered
+                    log.exception("session: failed to take in %d stream input(s)", len(items))
+                    self._fail_inputs(items, received_at)
             case BatchSucceeded(requests, outputs, batch_timing):
                 self._answer(self._successes(requests, outputs, batch_timing), batch_timing.completed_at)
             case BatchFailed(failures, completed_at):
@@ -93,37 +105,69 @@ class SessionActor(pykka.ThreadingActor):
             case GetSnapshot():
                 return {
                     "open_streams": len(self._inflight),
-                    "inflight": sum(map(len, self._inflight.values())) + sum(map(len, self._gone.values())),
+                    "inflight": sum(map(len, self._inflight.values())) + len(self._gone),
                 }
             case _:
                 log.error("session: unexpected message %r", message)
         return None
 
-    def _received(self, items: Sequence[tuple[int, Sequence[Any]]], received_at: float) -> None:
+    # ---- requests in ------------------------------------------------------------------
+
+    def _received(self, items: Sequence[StreamInput], received_at: float) -> None:
         assert self._peers is not None, "Connect must come first"
         accepted: list[Request] = []
         out: dict[int, list[Outgoing]] = {}
+        unknown: dict[int, list[int]] = {}
+        withdraw: list[tuple[int, int]] = []
         counts: Counter[str] = Counter()
-        for stream, wire_requests in items:
+        specs = self._spec.inputs
+        for item in items:
+            stream = item.stream
             ids = self._inflight.setdefault(stream, {})
-            counts["received"] += len(wire_requests)
-            for p in wire_requests:
+            counts["received"] += len(item.requests)
+            for p in item.requests:
                 failure = None
                 if p.request_id in ids:
                     failure = f"request id {p.request_id} is already in flight on this stream"
                 else:
                     try:
-                        accepted.append(to_request(p, stream, received_at, self._spec.inputs))
-                        ids[p.request_id] = received_at
+                        uid = next(self._uids)
+                        accepted.append(to_request(p, stream, received_at, specs, uid=uid, stream_deadline=item.deadline))
+                        ids[p.request_id] = (received_at, uid)
                     except InvalidTensors as e:
                         failure = f"request {p.request_id}: {e}"
                 if failure is not None:
                     response = error_response(p.request_id, Failure(Code.INVALID_ARGUMENT, failure))
                     out.setdefault(stream, []).append((response, received_at, received_at))
                     counts["invalid"] += 1
+            for request_id in item.cancels:
+                pending = ids.get(request_id)
+                if pending is None:
+                    unknown.setdefault(stream, []).append(request_id)
+                    continue
+                self._cancelling.add(pending[1])
+                withdraw.append((stream, request_id))
         if accepted:
             self._peers.admission.tell(AdmitRequests(tuple(accepted)))
-        self._emit(out, counts)
+        if withdraw:  # queued ones come back CANCELLED; running ones are answered CANCELLED when done
+            self._peers.batcher.tell(Withdraw(frozenset(withdraw), CANCELLED_BY_CLIENT.message))
+        self._emit(out, counts, unknown)
+
+    def _fail_inputs(self, items: Sequence[StreamInput], received_at: float) -> None:
+        """Answers INTERNAL every request of a message that could not be taken in."""
+        failure = Failure(Code.INTERNAL, "the sidecar failed to take in this request; it was not run")
+        out: dict[int, list[Outgoing]] = {}
+        for item in items:
+            ids = self._inflight.get(item.stream, {})
+            for p in item.requests:
+                pending = ids.get(p.request_id)
+                if pending is not None and pending[0] == received_at:
+                    del ids[p.request_id]  # taken in just before the failure: not sent on
+                out.setdefault(item.stream, []).append((error_response(p.request_id, failure), received_at, received_at))
+        n = sum(len(v) for v in out.values())
+        self._emit(out, Counter({"received": n, "failed": n}), {})
+
+    # ---- answers out ------------------------------------------------------------------
 
     def _successes(
         self, requests: Sequence[Request], outputs: Sequence[tuple[bytes, ...]], batch_timing: BatchTiming
@@ -141,31 +185,32 @@ class SessionActor(pykka.ThreadingActor):
         out: dict[int, list[Outgoing]] = {}
         counts: Counter[str] = Counter()
         for request, response, code in answers:
-            stream = request.stream
-            ids = self._inflight.get(stream)
-            if ids is not None and request.request_id in ids:
-                del ids[request.request_id]
-                out.setdefault(stream, []).append((response, request.received_at, completed_at))
+            uid = request.uid
+            ids = self._inflight.get(request.stream)
+            pending = ids.get(request.request_id) if ids is not None else None
+            if pending is not None and pending[1] == uid:
+                del ids[request.request_id]  # type: ignore[union-attr]
+                if uid in self._cancelling:
+                    self._cancelling.discard(uid)
+                    if code is not Code.CANCELLED:  # it ran to the end; the client asked not to get it
+                        response, code = error_response(request.request_id, CANCELLED_BY_CLIENT), Code.CANCELLED
+                out.setdefault(request.stream, []).append((response, request.received_at, completed_at))
                 counts[OUTCOME_BY_CODE[code]] += 1
-                continue
-            if request.key in self._abandoned:
-                self._abandoned.discard(request.key)
-                continue
-            gone = self._gone.get(stream)
-            if gone is not None and request.request_id in gone:
-                gone.discard(request.request_id)
-                if not gone:
-                    del self._gone[stream]
+            elif uid in self._gone:
+                self._gone.discard(uid)
+                self._cancelling.discard(uid)
                 counts["cancelled"] += 1
-                continue
-            log.error("session: answer for unknown request %s on stream %s dropped", request.request_id, stream)
-        self._emit(out, counts)
+            elif uid in self._abandoned:
+                self._abandoned.discard(uid)
+            else:
+                log.debug("session: late answer for request %s on stream %s dropped", request.request_id, request.stream)
+        self._emit(out, counts, {})
 
     def _stream_closed(self, stream: int, reason: str) -> None:
         ids = self._inflight.pop(stream, None)
         if not ids:
             return
-        self._gone[stream] = set(ids)
+        self._gone.update(uid for _, uid in ids.values())
         assert self._peers is not None
         self._peers.batcher.tell(Withdraw(frozenset((stream, i) for i in ids), reason))
 
@@ -173,18 +218,18 @@ class SessionActor(pykka.ThreadingActor):
         failure = Failure(Code.UNAVAILABLE, reason)
         now = self._clock.now()
         out: dict[int, list[Outgoing]] = {}
-        n = 0
         for stream, ids in self._inflight.items():
-            out[stream] = [(error_response(i, failure), received_at, now) for i, received_at in ids.items()]
-            self._abandoned.update((stream, i) for i in ids)
-            n += len(ids)
-            ids.clear()
+            if ids:
+                out[stream] = [(error_response(i, failure), received_at, now) for i, (received_at, _) in ids.items()]
+                self._abandoned.update(uid for _, uid in ids.values())
+                ids.clear()
+        n = sum(len(v) for v in out.values())
         if n:
             log.warning("session: %d unanswered request(s) abandoned: %s", n, reason)
-        self._emit({s: v for s, v in out.items() if v}, Counter({"failed": n}) if n else Counter())
+        self._emit(out, Counter({"failed": n}) if n else Counter(), {})
 
-    def _emit(self, out: dict[int, list[Outgoing]], counts: Counter[str]) -> None:
-        if out:
-            self._deliver(out)
+    def _emit(self, out: dict[int, list[Outgoing]], counts: Counter[str], unknown: dict[int, list[int]]) -> None:
+        if out or unknown:
+            self._deliver(out, unknown)
         if counts and self._peers is not None:
             self._peers.metrics.tell(OutcomesCounted(tuple(counts.items())))

@@ -34,6 +34,9 @@ class Request(NamedTuple):
     deadline: float
     # The client asked for per-stage timing in its response.
     return_timing: bool = False
+    # Unique per server run: an answer is matched to the request it was made for,
+    # never to a later request that reuses the same id on the same stream.
+    uid: int = 0
 
     @property
     def key(self) -> RequestKey:

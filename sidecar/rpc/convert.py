@@ -15,15 +15,26 @@ from sidecar.core.tensors import InvalidTensors, TensorSpec, input_bytes
 from sidecar.metrics.registry import MetricValue
 
 
-def to_request(p: pb.InferRequest, stream: int, received_at: float, specs: Sequence[TensorSpec]) -> Request:
-    """Raises InvalidTensors (a ValueError) naming what is wrong with the request."""
-    deadline = math.inf
+def to_request(
+    p: pb.InferRequest,
+    stream: int,
+    received_at: float,
+    specs: Sequence[TensorSpec],
+    *,
+    uid: int = 0,
+    stream_deadline: float = math.inf,
+) -> Request:
+    """Raises InvalidTensors (a ValueError) naming what is wrong with the request.
+
+    Its deadline is the earlier of its own timeout and its stream's gRPC deadline.
+    """
+    deadline = stream_deadline
     if p.HasField("timeout"):
         timeout = p.timeout.seconds + p.timeout.nanos / 1e9
         if timeout <= 0:
             raise InvalidTensors(f"timeout must be positive, got {timeout * 1000:g} ms")
-        deadline = received_at + timeout
-    return Request(stream, p.request_id, input_bytes(p.inputs, specs), received_at, deadline, p.return_timing)
+        deadline = min(deadline, received_at + timeout)
+    return Request(stream, p.request_id, input_bytes(p.inputs, specs), received_at, deadline, p.return_timing, uid)
 
 
 def output_templates(specs: Sequence[TensorSpec]) -> tuple[pb.Tensor, ...]:

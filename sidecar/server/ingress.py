@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import pykka
 
-from actors.messages import AnswersDropped, RequestsReceived, ResponsesWritten, StreamClosed
+from actors.messages import AnswersDropped, RequestsReceived, ResponsesWritten, StreamClosed, StreamInput
 from actors.session import OUTCOME_BY_CODE, Outgoing
 from sidecar.clock import Clock
 from sidecar.core.status import Code, Failure
@@ -28,11 +29,13 @@ NOT_READY = Failure(Code.UNAVAILABLE, "the sidecar is starting: the model is not
 class Stream:
     """One Infer call's state, touched only on the event loop."""
 
-    __slots__ = ("id", "outbox", "wakeup", "outstanding", "reading_done", "draining")
+    __slots__ = ("id", "outbox", "unknown_cancels", "wakeup", "outstanding", "reading_done", "draining", "deadline")
 
-    def __init__(self, stream_id: int, draining: bool) -> None:
+    def __init__(self, stream_id: int, draining: bool, deadline: float) -> None:
         self.id = stream_id
+        self.deadline = deadline  # the call's gRPC deadline, absolute; inf if none
         self.outbox: list[Outgoing] = []
+        self.unknown_cancels: list[int] = []
         self.wakeup = asyncio.Event()
         self.outstanding = 0  # requests sent on, not yet answered
         self.reading_done = False
@@ -42,7 +45,7 @@ class Stream:
     def finished(self) -> bool:
         """Everything it sent is answered and written, and no more will come (or
         the server is draining, which ends a stream as soon as it is answered)."""
-        return (self.reading_done or self.draining) and self.outstanding == 0 and not self.outbox
+        return (self.reading_done or self.draining) and self.outstanding == 0 and not self.outbox and not self.unknown_cancels
 
 
 class Ingress:
@@ -53,7 +56,7 @@ class Ingress:
         self._metrics: pykka.ActorRef[Any] | None = None
         self._streams: dict[int, Stream] = {}
         self._ids = itertools.count(1)
-        self._pending: list[tuple[int, Sequence[Any]]] = []
+        self._pending: list[StreamInput] = []
         self._flush_scheduled = False
         self._end_to_end: list[float] = []
         self._delivery: list[float] = []
@@ -74,8 +77,9 @@ class Ingress:
     def outstanding(self) -> int:
         return sum(s.outstanding for s in self._streams.values())
 
-    def open_stream(self) -> Stream:
-        stream = Stream(next(self._ids), self._draining)
+    def open_stream(self, time_remaining_s: float | None = None) -> Stream:
+        deadline = math.inf if time_remaining_s is None else self._clock.now() + time_remaining_s
+        stream = Stream(next(self._ids), self._draining, deadline)
         self._streams[stream.id] = stream
         self._idle.clear()
         return stream
@@ -95,14 +99,15 @@ class Ingress:
             return False
         return True
 
-    def submit(self, stream: Stream, requests: Sequence[Any]) -> None:
+    def submit(self, stream: Stream, requests: Sequence[Any], cancels: Sequence[int] = ()) -> None:
         if self._session is None:
             now = self._clock.now()
             stream.outbox.extend((error_response(r.request_id, NOT_READY), now, now) for r in requests)
+            stream.unknown_cancels.extend(cancels)
             stream.wakeup.set()
             return
         stream.outstanding += len(requests)
-        self._pending.append((stream.id, requests))
+        self._pending.append(StreamInput(stream.id, requests, cancels, stream.deadline))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -117,9 +122,9 @@ class Ingress:
         if not self._streams:
             self._idle.set()
 
-    def deliver(self, out: dict[int, list[Outgoing]]) -> None:
+    def deliver(self, out: dict[int, list[Outgoing]], unknown_cancels: dict[int, list[int]] | None = None) -> None:
         """Called from actor threads."""
-        self._loop.call_soon_threadsafe(self._route, out)
+        self._loop.call_soon_threadsafe(self._route, out, unknown_cancels)
 
     def written(self, sent: list[Outgoing]) -> None:
         """The servicer wrote these: record their end-to-end and delivery times.
@@ -152,7 +157,12 @@ class Ingress:
         assert self._session is not None, "attach() before serving"
         self._session.tell(RequestsReceived(items, self._clock.now()))
 
-    def _route(self, out: dict[int, list[Outgoing]]) -> None:
+    def _route(self, out: dict[int, list[Outgoing]], unknown_cancels: dict[int, list[int]] | None) -> None:
+        for stream_id, ids in (unknown_cancels or {}).items():
+            stream = self._streams.get(stream_id)
+            if stream is not None:
+                stream.unknown_cancels.extend(ids)
+                stream.wakeup.set()
         for stream_id, answers in out.items():
             stream = self._streams.get(stream_id)
             if stream is None:

@@ -33,17 +33,20 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
         self._started = time.monotonic()
 
     async def Infer(self, request_iterator: AsyncIterator[pb.InferStreamRequest], context: Any) -> None:
-        stream = self._ingress.open_stream()
+        stream = self._ingress.open_stream(context.time_remaining())
         reader = asyncio.ensure_future(self._read(request_iterator, stream))
         reason = "client went away"
         try:
             while not stream.finished:
-                if not stream.outbox:
+                if not stream.outbox and not stream.unknown_cancels:
                     stream.wakeup.clear()
                     await stream.wakeup.wait()
                     continue
                 taken = self._take(stream)
-                await context.write(pb.InferStreamResponse(responses=[response for response, _, _ in taken]))
+                cancels, stream.unknown_cancels = stream.unknown_cancels, []
+                await context.write(
+                    pb.InferStreamResponse(responses=[response for response, _, _ in taken], unknown_cancels=cancels)
+                )
                 self._ingress.written(taken)
             reason = "stream ended"
             await reader  # surfaces a read error, if any
@@ -54,8 +57,8 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
     async def _read(self, request_iterator: AsyncIterator[pb.InferStreamRequest], stream: Stream) -> None:
         try:
             async for message in request_iterator:
-                if message.requests:
-                    self._ingress.submit(stream, message.requests)
+                if message.requests or message.cancel:
+                    self._ingress.submit(stream, message.requests, message.cancel)
         finally:
             stream.reading_done = True
             stream.wakeup.set()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import queue
 
 import numpy as np
 import pytest
 
-from actors.messages import GetSnapshot, RequestsReceived
+from actors.messages import GetSnapshot, RequestsReceived, StreamInput
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.backends.mock import MockBackend
 from sidecar.config import SidecarConfig
@@ -31,7 +32,7 @@ def rig():
     config = SidecarConfig(max_batch_size=4, batch_timeout_s=0.010)
     backend = MockBackend("mock:?base_ms=0&per_item_ms=0", sleep=lambda s: None)
     group = root_group(MetricRegistry(), "host", "tm").add_group("gpuSidecar")
-    pipeline = start_pipeline(config, clock, [backend], delivered.put, group)
+    pipeline = start_pipeline(config, clock, [backend], lambda out, cancels: delivered.put(out), group)
     yield clock, pipeline.peers, delivered
     pipeline.stop()
 
@@ -42,7 +43,8 @@ def batcher_state(peers):
 
 
 def send(clock, peers, ids, stream=1):
-    peers.session.tell(RequestsReceived([(stream, [wire_request(i) for i in ids])], clock.now()))
+    item = StreamInput(stream, [wire_request(i) for i in ids], (), math.inf)
+    peers.session.tell(RequestsReceived([item], clock.now()))
     # Barriers, in pipeline order: each ask is answered after what was told before it.
     for ref in (peers.session, peers.admission, peers.batcher):
         ref.ask(GetSnapshot(), timeout=WAIT_S)

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n sidecar/api/v1/gpu_sidecar.proto\x12\rgpusidecar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8c\x01\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.gpusidecar.v1.Tensor\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rreturn_timing\x18\x04 \x01(\x08\"C\n\x12InferStreamRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.gpusidecar.v1.InferRequest\"\x95\x01\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12&\n\x07outputs\x18\x02 \x03(\x0b\x32\x15.gpusidecar.v1.Tensor\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12%\n\x06timing\x18\x04 \x01(\x0b\x32\x15.gpusidecar.v1.Timing\"w\n\x06Timing\x12-\n\nqueue_wait\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07\x63ompute\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nbatch_size\x18\x03 \x01(\r\"F\n\x13InferStreamResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.gpusidecar.v1.InferResponse\"\r\n\x0bPingRequest\"J\n\x0cPingResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12)\n\x06uptime\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x15\n\x13GetModelInfoRequest\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xf8\x01\n\x06Limits\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x30\n\rbatch_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_queue_length\x18\x03 \x01(\r\x12\x31\n\x0emax_queue_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tinstances\x18\x05 \x01(\r\x12)\n!max_inflight_batches_per_instance\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\"\xad\x01\n\tModelInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12)\n\x06inputs\x18\x03 \x03(\x0b\x32\x19.gpusidecar.v1.TensorSpec\x12*\n\x07outputs\x18\x04 \x03(\x0b\x32\x19.gpusidecar.v1.TensorSpec\x12%\n\x06limits\x18\x05 \x01(\x0b\x32\x15.gpusidecar.v1.Limits\"\x13\n\x11GetMetricsRequest\">\n\x0fMetricsSnapshot\x12+\n\x07metrics\x18\x01 \x03(\x0b\x32\x1a.gpusidecar.v1.MetricValue\"\xbb\x02\n\x0bMetricValue\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12<\n\tvariables\x18\x04 \x03(\x0b\x32).gpusidecar.v1.MetricValue.VariablesEntry\x12\x11\n\x07\x63ounter\x18\x05 \x01(\x03H\x00\x12\x0f\n\x05gauge\x18\x06 \x01(\x01H\x00\x12\x32\n\thistogram\x18\x07 \x01(\x0b\x32\x1d.gpusidecar.v1.HistogramValueH\x00\x12*\n\x05meter\x18\x08 \x01(\x0b\x32\x19.gpusidecar.v1.MeterValueH\x00\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"\x90\x01\n\x0eHistogramValue\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0b\n\x03sum\x18\x02 \x01(\x01\x12\x0b\n\x03min\x18\x03 \x01(\x01\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x01(\x01\x12\x0e\n\x06stddev\x18\x06 \x01(\x01\x12*\n\tquantiles\x18\x07 \x03(\x0b\x32\x17.gpusidecar.v1.Quantile\"+\n\x08Quantile\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\")\n\nMeterValue\x12\x0c\n\x04rate\x18\x01 \x01(\x01\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x32\xbf\x02\n\nGpuSidecar\x12R\n\x05Infer\x12!.gpusidecar.v1.InferStreamRequest\x1a\".gpusidecar.v1.InferStreamResponse(\x01\x30\x01\x12?\n\x04Ping\x12\x1a.gpusidecar.v1.PingRequest\x1a\x1b.gpusidecar.v1.PingResponse\x12L\n\x0cGetModelInfo\x12\".gpusidecar.v1.GetModelInfoRequest\x1a\x18.gpusidecar.v1.ModelInfo\x12N\n\nGetMetrics\x12 .gpusidecar.v1.GetMetricsRequest\x1a\x1e.gpusidecar.v1.MetricsSnapshotB\x14\n\x10io.gpusidecar.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n sidecar/api/v1/gpu_sidecar.proto\x12\rgpusidecar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8c\x01\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.gpusidecar.v1.Tensor\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rreturn_timing\x18\x04 \x01(\x08\"S\n\x12InferStreamRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.gpusidecar.v1.InferRequest\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\"\x95\x01\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12&\n\x07outputs\x18\x02 \x03(\x0b\x32\x15.gpusidecar.v1.Tensor\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12%\n\x06timing\x18\x04 \x01(\x0b\x32\x15.gpusidecar.v1.Timing\"w\n\x06Timing\x12-\n\nqueue_wait\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07\x63ompute\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nbatch_size\x18\x03 \x01(\r\"_\n\x13InferStreamResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.gpusidecar.v1.InferResponse\x12\x17\n\x0funknown_cancels\x18\x02 \x03(\x04\"\r\n\x0bPingRequest\"J\n\x0cPingResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12)\n\x06uptime\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x15\n\x13GetModelInfoRequest\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xf8\x01\n\x06Limits\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x30\n\rbatch_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_queue_length\x18\x03 \x01(\r\x12\x31\n\x0emax_queue_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tinstances\x18\x05 \x01(\r\x12)\n!max_inflight_batches_per_instance\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\"\xad\x01\n\tModelInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x11\n\tmodel_uri\x18\x02 \x01(\t\x12)\n\x06inputs\x18\x03 \x03(\x0b\x32\x19.gpusidecar.v1.TensorSpec\x12*\n\x07outputs\x18\x04 \x03(\x0b\x32\x19.gpusidecar.v1.TensorSpec\x12%\n\x06limits\x18\x05 \x01(\x0b\x32\x15.gpusidecar.v1.Limits\"\x13\n\x11GetMetricsRequest\">\n\x0fMetricsSnapshot\x12+\n\x07metrics\x18\x01 \x03(\x0b\x32\x1a.gpusidecar.v1.MetricValue\"\xbb\x02\n\x0bMetricValue\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12<\n\tvariables\x18\x04 \x03(\x0b\x32).gpusidecar.v1.MetricValue.VariablesEntry\x12\x11\n\x07\x63ounter\x18\x05 \x01(\x03H\x00\x12\x0f\n\x05gauge\x18\x06 \x01(\x01H\x00\x12\x32\n\thistogram\x18\x07 \x01(\x0b\x32\x1d.gpusidecar.v1.HistogramValueH\x00\x12*\n\x05meter\x18\x08 \x01(\x0b\x32\x19.gpusidecar.v1.MeterValueH\x00\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"\x90\x01\n\x0eHistogramValue\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0b\n\x03sum\x18\x02 \x01(\x01\x12\x0b\n\x03min\x18\x03 \x01(\x01\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x01(\x01\x12\x0e\n\x06stddev\x18\x06 \x01(\x01\x12*\n\tquantiles\x18\x07 \x03(\x0b\x32\x17.gpusidecar.v1.Quantile\"+\n\x08Quantile\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\")\n\nMeterValue\x12\x0c\n\x04rate\x18\x01 \x01(\x01\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x32\xbf\x02\n\nGpuSidecar\x12R\n\x05Infer\x12!.gpusidecar.v1.InferStreamRequest\x1a\".gpusidecar.v1.InferStreamResponse(\x01\x30\x01\x12?\n\x04Ping\x12\x1a.gpusidecar.v1.PingRequest\x1a\x1b.gpusidecar.v1.PingResponse\x12L\n\x0cGetModelInfo\x12\".gpusidecar.v1.GetModelInfoRequest\x1a\x18.gpusidecar.v1.ModelInfo\x12N\n\nGetMetrics\x12 .gpusidecar.v1.GetMetricsRequest\x1a\x1e.gpusidecar.v1.MetricsSnapshotB\x14\n\x10io.gpusidecar.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,39 +41,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERREQUEST']._serialized_start=177
   _globals['_INFERREQUEST']._serialized_end=317
   _globals['_INFERSTREAMREQUEST']._serialized_start=319
-  _globals['_INFERSTREAMREQUEST']._serialized_end=386
-  _globals['_INFERRESPONSE']._serialized_start=389
-  _globals['_INFERRESPONSE']._serialized_end=538
-  _globals['_TIMING']._serialized_start=540
-  _globals['_TIMING']._serialized_end=659
-  _globals['_INFERSTREAMRESPONSE']._serialized_start=661
-  _globals['_INFERSTREAMRESPONSE']._serialized_end=731
-  _globals['_PINGREQUEST']._serialized_start=733
-  _globals['_PINGREQUEST']._serialized_end=746
-  _globals['_PINGRESPONSE']._serialized_start=748
-  _globals['_PINGRESPONSE']._serialized_end=822
-  _globals['_GETMODELINFOREQUEST']._serialized_start=824
-  _globals['_GETMODELINFOREQUEST']._serialized_end=845
-  _globals['_TENSORSPEC']._serialized_start=847
-  _globals['_TENSORSPEC']._serialized_end=903
-  _globals['_LIMITS']._serialized_start=906
-  _globals['_LIMITS']._serialized_end=1154
-  _globals['_MODELINFO']._serialized_start=1157
-  _globals['_MODELINFO']._serialized_end=1330
-  _globals['_GETMETRICSREQUEST']._serialized_start=1332
-  _globals['_GETMETRICSREQUEST']._serialized_end=1351
-  _globals['_METRICSSNAPSHOT']._serialized_start=1353
-  _globals['_METRICSSNAPSHOT']._serialized_end=1415
-  _globals['_METRICVALUE']._serialized_start=1418
-  _globals['_METRICVALUE']._serialized_end=1733
-  _globals['_METRICVALUE_VARIABLESENTRY']._serialized_start=1676
-  _globals['_METRICVALUE_VARIABLESENTRY']._serialized_end=1724
-  _globals['_HISTOGRAMVALUE']._serialized_start=1736
-  _globals['_HISTOGRAMVALUE']._serialized_end=1880
-  _globals['_QUANTILE']._serialized_start=1882
-  _globals['_QUANTILE']._serialized_end=1925
-  _globals['_METERVALUE']._serialized_start=1927
-  _globals['_METERVALUE']._serialized_end=1968
-  _globals['_GPUSIDECAR']._serialized_start=1971
-  _globals['_GPUSIDECAR']._serialized_end=2290
+  _globals['_INFERSTREAMREQUEST']._serialized_end=402
+  _globals['_INFERRESPONSE']._serialized_start=405
+  _globals['_INFERRESPONSE']._serialized_end=554
+  _globals['_TIMING']._serialized_start=556
+  _globals['_TIMING']._serialized_end=675
+  _globals['_INFERSTREAMRESPONSE']._serialized_start=677
+  _globals['_INFERSTREAMRESPONSE']._serialized_end=772
+  _globals['_PINGREQUEST']._serialized_start=774
+  _globals['_PINGREQUEST']._serialized_end=787
+  _globals['_PINGRESPONSE']._serialized_start=789
+  _globals['_PINGRESPONSE']._serialized_end=863
+  _globals['_GETMODELINFOREQUEST']._serialized_start=865
+  _globals['_GETMODELINFOREQUEST']._serialized_end=886
+  _globals['_TENSORSPEC']._serialized_start=888
+  _globals['_TENSORSPEC']._serialized_end=944
+  _globals['_LIMITS']._serialized_start=947
+  _globals['_LIMITS']._serialized_end=1195
+  _globals['_MODELINFO']._serialized_start=1198
+  _globals['_MODELINFO']._serialized_end=1371
+  _globals['_GETMETRICSREQUEST']._serialized_start=1373
+  _globals['_GETMETRICSREQUEST']._serialized_end=1392
+  _globals['_METRICSSNAPSHOT']._serialized_start=1394
+  _globals['_METRICSSNAPSHOT']._serialized_end=1456
+  _globals['_METRICVALUE']._serialized_start=1459
+  _globals['_METRICVALUE']._serialized_end=1774
+  _globals['_METRICVALUE_VARIABLESENTRY']._serialized_start=1717
+  _globals['_METRICVALUE_VARIABLESENTRY']._serialized_end=1765
+  _globals['_HISTOGRAMVALUE']._serialized_start=1777
+  _globals['_HISTOGRAMVALUE']._serialized_end=1921
+  _globals['_QUANTILE']._serialized_start=1923
+  _globals['_QUANTILE']._serialized_end=1966
+  _globals['_METERVALUE']._serialized_start=1968
+  _globals['_METERVALUE']._serialized_end=2009
+  _globals['_GPUSIDECAR']._serialized_start=2012
+  _globals['_GPUSIDECAR']._serialized_end=2331
 # @@protoc_insertion_point(module_scope)

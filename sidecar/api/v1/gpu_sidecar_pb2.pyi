@@ -35,10 +35,12 @@ class InferRequest(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., return_timing: _Optional[bool] = ...) -> None: ...
 
 class InferStreamRequest(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "cancel")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[InferRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[InferRequest, _Mapping]]] = ...) -> None: ...
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, requests: _Optional[_Iterable[_Union[InferRequest, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InferResponse(_message.Message):
     __slots__ = ("request_id", "outputs", "error", "timing")
@@ -63,10 +65,12 @@ class Timing(_message.Message):
     def __init__(self, queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., compute: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class InferStreamResponse(_message.Message):
-    __slots__ = ("responses",)
+    __slots__ = ("responses", "unknown_cancels")
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_CANCELS_FIELD_NUMBER: _ClassVar[int]
     responses: _containers.RepeatedCompositeFieldContainer[InferResponse]
-    def __init__(self, responses: _Optional[_Iterable[_Union[InferResponse, _Mapping]]] = ...) -> None: ...
+    unknown_cancels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, responses: _Optional[_Iterable[_Union[InferResponse, _Mapping]]] = ..., unknown_cancels: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PingRequest(_message.Message):
     __slots__ = ()
