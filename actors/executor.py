@@ -82,12 +82,24 @@ class ExecutorActor(pykka.ThreadingActor):
         return None
 
     def on_stop(self) -> None:
-        if not self._retired.is_set() and self._peers is not None:
-            reason = f"backend instance {self._index} stopped unexpectedly"
-            try:
-                self._peers.batcher.tell(ExecutorDown(self._index, self._incarnation, reason))
-            except pykka.ActorDeadError:
-                pass  # the whole pipeline is stopping
+        self._report_down(f"backend instance {self._index} stopped unexpectedly")
+        self._close_backend()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # Pykka stops an actor whose on_receive raised (on_stop is not called then).
+        self._report_down(f"backend instance {self._index} stopped unexpectedly: {exception_value!r}")
+        self._close_backend()
+
+    def _report_down(self, reason: str) -> None:
+        """Unless it was retired on purpose, the batcher must answer what it held."""
+        if self._retired.is_set() or self._peers is None:
+            return
+        try:
+            self._peers.batcher.tell(ExecutorDown(self._index, self._incarnation, reason))
+        except pykka.ActorDeadError:
+            pass  # the whole pipeline is stopping
+
+    def _close_backend(self) -> None:
         try:
             self._backend.close()
         except Exception:

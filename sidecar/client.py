@@ -4,7 +4,11 @@ It pipelines: `submit()` returns a future at once, and a sender task packs every
 request waiting at that moment into one stream message (up to `max_pack`;
 `max_pack=1` sends one request per message, as a plain gRPC client would). A
 receiver resolves each future by request id. `counts` tallies what was sent and
-how each request ended, for reconciliation with the server's metrics.
+how each request ended, for reconciliation with the server's metrics: every
+attempt counts, so retries show up as `retried` plus one outcome per attempt.
+
+Retrying requests refused for lack of room (RESOURCE_EXHAUSTED) is off by
+default; pass `retry=RetryPolicy()` to turn it on (see sidecar/retry.py).
 
     async with SidecarClient("127.0.0.1:7651") as client:
         out = await client.infer({"input": np.ones(16, np.float32)})
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
 from sidecar.core.tensors import DTYPES
+from sidecar.retry import RetryPolicy
 from sidecar.rpc.convert import duration, retry_after_s
 from sidecar.server.endpoint import grpc_address
 
@@ -68,9 +74,17 @@ def from_tensor(t: pb.Tensor) -> np.ndarray:
 
 
 class SidecarClient:
-    def __init__(self, target: str, *, max_pack: int = 64, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        max_pack: int = 64,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         if max_pack < 1:
             raise ValueError("max_pack must be >= 1")
+        self._retry = retry
         self._target = grpc_address(target)
         self._max_pack = max_pack
         self._options = [
@@ -83,6 +97,8 @@ class SidecarClient:
         self._ids = itertools.count(1)
         self._futures: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
         self._outgoing: list[pb.InferRequest] = []
+        self._cancels: list[int] = []
+        self._retrying: set[asyncio.Future[Any]] = set()  # callers' futures while retries may follow
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -107,9 +123,9 @@ class SidecarClient:
         self._tasks = [asyncio.ensure_future(self._send()), asyncio.ensure_future(self._receive())]
 
     async def close(self) -> None:
-        """Waits for every submitted request's answer, then ends the stream."""
-        if self._futures:
-            await asyncio.gather(*self._futures.values(), return_exceptions=True)
+        """Waits for every submitted request's answer (retries included), then ends the stream."""
+        if self._futures or self._retrying:
+            await asyncio.gather(*self._futures.values(), *self._retrying, return_exceptions=True)
         self._closing = True
         self._wakeup.set()
         if self._tasks:
@@ -130,7 +146,54 @@ class SidecarClient:
 
     def submit(self, inputs: Arrays, *, timeout_s: float | None = None) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queues one request; the future resolves to its outputs or raises InferError."""
-        return self.submit_raw(self._request(inputs, timeout_s))
+        request = self._request(inputs, timeout_s)
+        if self._retry is None:
+            return self.submit_raw(request)
+        loop = asyncio.get_running_loop()
+        outer: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        deadline = math.inf if timeout_s is None else loop.time() + timeout_s
+        self._retrying.add(outer)
+        outer.add_done_callback(self._retrying.discard)
+        self._attempt(request, deadline, outer, 1)
+        return outer
+
+    def cancel_request(self, request_id: int) -> None:
+        """Asks the server to cancel one request of this stream; its future then
+        resolves CANCELLED (or with its result, if that was already on its way)."""
+        self._cancels.append(request_id)
+        self._wakeup.set()
+
+    def _attempt(self, request: pb.InferRequest, deadline: float, outer: asyncio.Future[Any], attempt: int) -> None:
+        if outer.done():
+            return  # the caller gave up
+        if self._closing:
+            outer.set_exception(InferError(grpc.StatusCode.CANCELLED, "client closed before the retry"))
+            return
+        loop = asyncio.get_running_loop()
+        if deadline != math.inf:
+            request.timeout.CopyFrom(duration(max(deadline - loop.time(), 1e-6)))
+        inner = self.submit_raw(request)
+
+        def settle(f: asyncio.Future[Any]) -> None:
+            if outer.done():
+                return
+            error = f.exception()
+            if isinstance(error, InferError) and error.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                assert self._retry is not None
+                delay = self._retry.next_delay_s(attempt, error.retry_after_s, deadline - loop.time())
+                if delay is not None:
+                    self.counts["retried"] += 1
+                    again = pb.InferRequest()
+                    again.CopyFrom(request)
+                    again.request_id = next(self._ids)  # the refused id was answered; a new attempt, a new id
+                    loop.call_later(delay, self._attempt, again, deadline, outer, attempt + 1)
+                    return
+            if error is not None:
+                outer.set_exception(error)
+            else:
+                outer.set_result(f.result())
+
+        inner.add_done_callback(settle)
 
     def submit_timed(self, inputs: Arrays, *, timeout_s: float | None = None) -> asyncio.Future[TimedResult]:
         """As `submit`, but the server adds per-stage timing: resolves to a TimedResult."""
@@ -182,7 +245,7 @@ class SidecarClient:
     async def _send(self) -> None:
         try:
             while True:
-                if not self._outgoing:
+                if not self._outgoing and not self._cancels:
                     if self._closing:
                         await self._call.done_writing()
                         return
@@ -191,7 +254,8 @@ class SidecarClient:
                     continue
                 batch = self._outgoing[: self._max_pack]
                 del self._outgoing[: self._max_pack]
-                await self._call.write(pb.InferStreamRequest(requests=batch))
+                cancels, self._cancels = self._cancels, []
+                await self._call.write(pb.InferStreamRequest(requests=batch, cancel=cancels))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             pass  # the receiver sees the stream end and fails what is left
 
@@ -203,6 +267,8 @@ class SidecarClient:
                     break
                 for response in message.responses:
                     self._resolve(response)
+                if message.unknown_cancels:
+                    self.counts["unknown_cancels"] += len(message.unknown_cancels)
             self._fail_all(grpc.StatusCode.UNAVAILABLE, "stream ended before this request was answered")
         except grpc.aio.AioRpcError as e:
             self._fail_all(e.code(), f"stream failed: {e.details()}")

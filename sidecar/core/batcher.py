@@ -200,6 +200,7 @@ class Batcher:
         self._reported_up = limits.executors
         self._next_batch_id = 0
         self._estimate_s = 0.0
+        self._batches_timed = 0
 
     # ---- queries ----------------------------------------------------------------------
 
@@ -299,7 +300,12 @@ class Batcher:
         if not self._slots.is_current(executor, incarnation) or not self._slots.has_inflight(executor):
             raise BatcherError(f"executor {executor} reported free but has no batch in flight")
         self._slots.finish(executor, now)
-        self._estimate_s += _ESTIMATE_SMOOTHING * (max(0.0, compute_s) - self._estimate_s)
+        sample = max(0.0, compute_s)
+        if self._batches_timed == 0:
+            self._estimate_s = sample  # the first sample beats a guess of zero
+        else:
+            self._estimate_s += _ESTIMATE_SMOOTHING * (sample - self._estimate_s)
+        self._batches_timed += 1
 
     def _withdraw(self, keys: frozenset[RequestKey], reason: str, actions: list[Action]) -> None:
         gone = [e for e in map(self._queue.remove, keys) if e is not None]

@@ -159,9 +159,9 @@ def test_request_timeout_shorter_than_queue_wait_sets_its_expiry():
 def test_dispatches_early_when_window_would_miss_a_deadline():
     b = make(max_batch=8, window=0.010, inflight=2)
     arrive(b, [1, 2, 3, 4, 5, 6, 7, 8], at=0.0)
-    b.handle(ExecutorFree(0, 0, 0.004), 0.004)  # estimate now 0.2 * 4 ms = 0.8 ms
+    b.handle(ExecutorFree(0, 0, 0.001), 0.004)  # the estimate is the first sample: 1 ms
     actions = arrive(b, [9], at=0.005, timeout=0.003)
-    # deadline 8 ms minus 0.8 ms estimate comes before the window end at 15 ms
+    # deadline 8 ms minus 1 ms estimate comes before the window end at 15 ms
     assert timers(actions) == [pytest.approx(0.008 - b.compute_estimate_s)]
     due = 0.008 - b.compute_estimate_s
     assert dispatched(b.handle(TimerFired(due), due)) == [[9]]
@@ -254,7 +254,7 @@ def test_next_batch_starts_with_the_stream_after_the_last_served():
 def test_urgent_request_jumps_the_queue_when_its_deadline_nears():
     b = make(max_batch=4, window=0.010, inflight=2)
     arrive(b, [1, 2, 3, 4], at=0.0)  # a full batch at once: the executor learns the compute time
-    b.handle(ExecutorFree(0, 0, 0.005), 0.005)  # estimate: 1 ms
+    b.handle(ExecutorFree(0, 0, 0.001), 0.005)  # estimate: 1 ms
     b.handle(RequestsAdmitted(admitted([request(5, at=0.005)], 0.005)), 0.005)
     actions = b.handle(RequestsAdmitted(admitted([request(6, at=0.006, timeout=0.004)], 0.006)), 0.006)
     due = 0.010 - b.compute_estimate_s  # before the window ends at 15 ms
@@ -265,7 +265,7 @@ def test_urgent_request_jumps_the_queue_when_its_deadline_nears():
 def test_request_that_cannot_finish_in_time_fails_before_wasting_compute():
     b = make(max_batch=4, window=0.010, inflight=1)
     arrive(b, [1, 2, 3, 4], at=0.0)
-    b.handle(ExecutorFree(0, 0, 0.010), 0.010)  # estimate 2 ms; executor now idle
+    b.handle(ExecutorFree(0, 0, 0.002), 0.010)  # estimate 2 ms; executor now idle
     arrive(b, [5, 6, 7, 8], at=0.011)  # busy again
     actions = b.handle(RequestsAdmitted(admitted([request(9, at=0.012, timeout=0.005)], 0.012)), 0.012)
     due = 0.017 - b.compute_estimate_s
