@@ -19,6 +19,7 @@ from actors.messages import (
 )
 from sidecar.clock import Clock
 from sidecar.core.admission import Admission, AdmissionLimits
+from sidecar.core.status import Code, Failure
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,13 @@ class AdmissionActor(pykka.ThreadingActor):
         match message:
             case AdmitRequests(requests):
                 assert self._peers is not None, "Connect must come first"
-                result = self._core.admit(requests, self._clock.now())
+                try:
+                    result = self._core.admit(requests, self._clock.now())
+                except Exception:  # a bug must not leave requests unanswered
+                    log.exception("admission: failed to admit %d request(s)", len(requests))
+                    failure = Failure(Code.INTERNAL, "the sidecar failed to admit this request; it was not run")
+                    self._peers.session.tell(FailRequests(tuple((r, failure) for r in requests)))
+                    return None
                 if result.admitted is not None:
                     self._peers.batcher.tell(RequestsAdmitted(result.admitted))
                 if result.rejected:

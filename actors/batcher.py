@@ -31,6 +31,7 @@ from actors.messages import (
 )
 from sidecar.backends.base import BackendInfo
 from sidecar.clock import Clock
+from sidecar.core.status import Code, Failure
 from sidecar.core.batcher import (
     ArmTimer,
     Batcher,
@@ -110,6 +111,12 @@ class BatcherActor(pykka.ThreadingActor):
             actions = self._core.handle(event, self._clock.now())
         except BatcherError as e:
             log.error("batcher: %s (event ignored)", e)
+            return
+        except Exception:  # a bug must neither kill the batcher nor leave requests unanswered
+            log.exception("batcher: failed to handle %s", type(event).__name__)
+            if isinstance(event, RequestsAdmitted):
+                failure = Failure(Code.INTERNAL, "the sidecar failed to queue this request; it was not run")
+                peers.session.tell(FailRequests(tuple((r, failure) for r in event.admitted.requests)))
             return
         for action in actions:
             match action:

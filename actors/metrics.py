@@ -76,6 +76,13 @@ class MetricsActor(pykka.ThreadingActor):
         return self._received.count - sum(c.count for c in self._outcomes.values())
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            return self._handle(message)
+        except Exception:  # a metrics bug must never take the metrics actor down
+            log.exception("metrics: failed to record %s", type(message).__name__)
+            return None
+
+    def _handle(self, message: Any) -> Any:
         match message:
             case OutcomesCounted(counts):
                 for name, n in counts:
