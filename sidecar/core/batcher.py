@@ -14,13 +14,16 @@ F = FailRequests, R = ReplaceExecutor; ArmTimer, QueueReleased and
 CapacityChanged follow any step that changes what they report):
 
     state \\ event  RequestsAdmitted  TimerFired       ExecutorFree     ExecutorDown     ExecutorUp       Withdraw         Drain
-    IDLE           COLLECTING|IDLE   IDLE             IDLE             IDLE [F, R]      IDLE             IDLE             DRAINING|CLOSED
-                   [D, F]
+    IDLE           COLLECTING|IDLE   COLLECTING|IDLE  IDLE             IDLE [F, R]      IDLE             IDLE             DRAINING|CLOSED
+                   [D, F]            [F, R] (*)
     COLLECTING     COLLECTING|IDLE   COLLECTING|IDLE  COLLECTING|IDLE  COLLECTING|IDLE  COLLECTING|IDLE  COLLECTING|IDLE  DRAINING|CLOSED
                    [D, F]            [D, F, R]        [D, F]           [F, R]           [D, F]           [F]              [D, F]
     DRAINING       DRAINING [D, F]   DRAINING|CLOSED  DRAINING|CLOSED  DRAINING|CLOSED  DRAINING|CLOSED  DRAINING|CLOSED  DRAINING
                                      [D, F, R]        [D, F]           [F, R]           [D, F]           [F]
     CLOSED         CLOSED [F]        CLOSED           BatcherError     CLOSED           CLOSED           CLOSED           CLOSED
+
+(*) IDLE means nothing queued, but batches may be in flight: a hung executor's
+waiting batches go back to the queue (COLLECTING) when the watchdog takes it down.
 
 After every event, in this order:
 1. watchdog: an executor whose current batch has run for the backend timeout is

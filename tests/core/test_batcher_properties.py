@@ -222,7 +222,8 @@ def test_no_stream_gets_less_than_its_fair_share_while_it_has_work(loads, max_ba
 
 ALLOWED = {
     # (state before, event kind) -> states it may lead to; "error" = BatcherError
-    **{(State.IDLE, k): {State.IDLE} for k in ("timer", "withdraw", "down", "up")},
+    **{(State.IDLE, k): {State.IDLE} for k in ("withdraw", "down", "up")},
+    (State.IDLE, "timer"): {State.IDLE, State.COLLECTING},  # the watchdog may requeue a hung executor's batches
     (State.IDLE, "arrive"): {State.IDLE, State.COLLECTING},
     (State.IDLE, "free"): {State.IDLE, "error"},
     (State.IDLE, "drain"): {State.DRAINING, State.CLOSED},
