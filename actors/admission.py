@@ -16,6 +16,7 @@ from actors.messages import (
     Peers,
     QueueReleased,
     RequestsAdmitted,
+    Withdraw,
 )
 from sidecar.clock import Clock
 from sidecar.core.admission import Admission, AdmissionLimits
@@ -49,6 +50,9 @@ class AdmissionActor(pykka.ThreadingActor):
                     self._peers.batcher.tell(RequestsAdmitted(result.admitted))
                 if result.rejected:
                     self._peers.session.tell(FailRequests(result.rejected))
+            case Withdraw():
+                assert self._peers is not None, "Connect must come first"
+                self._peers.batcher.tell(message)  # in order with the requests it passed on
             case QueueReleased(by_stream):
                 self._core.released(by_stream, self._clock.now())
             case Drain():

@@ -9,7 +9,7 @@ Flow:  ingress -RequestsReceived-> session -AdmitRequests-> admission
        admission -RequestsAdmitted-> batcher -DispatchBatch-> executor
        executor -BatchSucceeded / BatchFailed-> session -> ingress (the event loop)
        executor -ExecutorFree-> batcher -QueueReleased-> admission
-       anyone -FailRequests-> session;  session -Withdraw-> batcher
+       anyone -FailRequests-> session;  session -Withdraw-> admission -> batcher
        session, executor, batcher, ingress -> metrics (OutcomesCounted, BatchExecuted,
        QueueDepth, ResponsesWritten, AnswersDropped)
 """

@@ -150,7 +150,8 @@ class SessionActor(pykka.ThreadingActor):
         if accepted:
             self._peers.admission.tell(AdmitRequests(tuple(accepted)))
         if withdraw:  # queued ones come back CANCELLED; running ones are answered CANCELLED when done
-            self._peers.batcher.tell(Withdraw(frozenset(withdraw), CANCELLED_BY_CLIENT.message))
+            # Through admission, behind the requests it may name: the batcher must see them first.
+            self._peers.admission.tell(Withdraw(frozenset(withdraw), CANCELLED_BY_CLIENT.message))
         self._emit(out, counts, unknown)
 
     def _fail_inputs(self, items: Sequence[StreamInput], received_at: float) -> None:
@@ -212,7 +213,8 @@ class SessionActor(pykka.ThreadingActor):
             return
         self._gone.update(uid for _, uid in ids.values())
         assert self._peers is not None
-        self._peers.batcher.tell(Withdraw(frozenset((stream, i) for i in ids), reason))
+        # Through admission, behind this stream's last requests (see _received).
+        self._peers.admission.tell(Withdraw(frozenset((stream, i) for i in ids), reason))
 
     def _abandon_all(self, reason: str) -> None:
         failure = Failure(Code.UNAVAILABLE, reason)

@@ -151,11 +151,12 @@ def test_requests_that_cannot_meet_the_stream_deadline_fail_early():
                 except grpc.aio.AioRpcError as e:
                     assert e.code() is grpc.StatusCode.DEADLINE_EXCEEDED  # the last one ran into the call's end
                 call.cancel()
-        # 200 ms a batch, one at a time: 4 or 5 fit in the second; the rest are told
-        # at once that they cannot make it, instead of running into the deadline
+        # 200 ms a batch, one at a time: 4 fit in the second, a 5th only just (it is
+        # on the edge: 200 ms left, a batch takes about 200 ms); the rest are told
+        # that they cannot make it, instead of running into the deadline
         ok = [r for r in responses if not r.HasField("error")]
         late = [r for r in responses if r.HasField("error")]
-        assert 4 <= len(ok) <= 5 and len(late) == 3, [r.error.message for r in late]
+        assert 4 <= len(ok) <= 5 and 3 <= len(late) <= 4 and len(ok) + len(late) >= 7, (len(ok), len(late))
         assert all(r.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0] for r in late)
         assert all("can no longer finish by its deadline" in r.error.message for r in late)
 
