@@ -290,11 +290,15 @@ class Batcher:
             self._fail([(r, failure) for r in admitted.requests], actions)
             return
         duplicates: list[tuple[Request, Failure]] = []
+        queue, queue_deadline = self._queue, admitted.queue_deadline
+        entries: dict[RequestKey, Entry] = {}
         for r in admitted.requests:
-            if r.key in self._queue:
+            entry = Entry(r, now, queue_deadline)
+            if entry.key in queue or entry.key in entries:
                 duplicates.append((r, Failure(Code.INVALID_ARGUMENT, f"request id {r.request_id} is already queued")))
                 continue
-            self._queue.add(Entry(r, now, admitted.queue_deadline))
+            entries[entry.key] = entry
+        queue.add(list(entries.values()))
         self._fail(duplicates, actions)
 
     def _executor_free(self, executor: int, incarnation: int, compute_s: float, now: float) -> None:

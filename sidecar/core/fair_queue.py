@@ -6,10 +6,12 @@ floor(batch / streams with work) slots of every batch, however much another
 stream has queued. Urgent requests (those that must leave now to make their
 deadline) go first, earliest deadline first.
 
-Deadlines: two heaps, one on each request's queue deadline (admission + max queue
-wait) and one on its own deadline (receipt + client timeout). Entries that left
-the queue stay in a heap until they surface and are skipped then; the heaps are
-rebuilt when such entries dominate, so memory follows the queue, not throughput.
+Deadlines: two heaps. Queue deadlines (admission + max queue wait) are shared by
+every request admitted together, so that heap holds one item per admitted group,
+not per request; the other holds each request's own deadline (receipt + client
+timeout), for those that have one. Entries that left the queue stay in a heap
+until they surface and are skipped then; the heaps are rebuilt when such entries
+dominate, so memory follows the queue, not throughput.
 """
 
 from __future__ import annotations
@@ -17,10 +19,20 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from itertools import islice
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sidecar.core.request import Request, RequestKey
+
+
+class _Group:
+    """Requests queued together, sharing a queue deadline: how many are still queued."""
+
+    __slots__ = ("queued",)
+
+    def __init__(self) -> None:
+        self.queued = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -28,6 +40,11 @@ class Entry:
     request: Request
     enqueued_at: float
     queue_deadline: float  # must be dispatched before this (max queue wait)
+    key: RequestKey = field(init=False)  # looked up often: built once
+    group: _Group | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.key = (self.request.stream, self.request.request_id)
 
     @property
     def deadline(self) -> float:
@@ -40,6 +57,7 @@ class Entry:
 
 
 _Heap = list[tuple[float, int, Entry]]
+_GroupHeap = list[tuple[float, int, _Group, list[Entry]]]  # (shared queue deadline, tiebreak, group, its entries)
 
 
 class FairQueue:
@@ -47,7 +65,7 @@ class FairQueue:
         self._entries: dict[RequestKey, Entry] = {}
         self._streams: dict[int, dict[RequestKey, Entry]] = {}  # insertion-ordered: FIFO per stream
         self._turns: deque[int] = deque()  # streams with queued work, next to serve first
-        self._by_queue_deadline: _Heap = []
+        self._by_queue_deadline: _GroupHeap = []
         self._by_deadline: _Heap = []  # only requests with a finite deadline
         self._tiebreak = 0
 
@@ -63,15 +81,27 @@ class FairQueue:
     def depth_of(self, stream: int) -> int:
         return len(self._streams.get(stream, ()))
 
-    def add(self, entry: Entry) -> None:
-        key = entry.request.key
-        self._entries[key] = entry
-        stream = self._streams.get(key[0])
-        if stream is None:
-            stream = self._streams[key[0]] = {}
-            self._turns.append(key[0])
-        stream[key] = entry
-        self._push(entry)
+    def add(self, entries: list[Entry]) -> None:
+        """Queues entries admitted together (they share one queue deadline); their
+        keys must be new to the queue and to each other."""
+        streams, all_entries = self._streams, self._entries
+        group = _Group()
+        group.queued = len(entries)
+        for entry in entries:
+            key = entry.key
+            entry.group = group
+            all_entries[key] = entry
+            stream = streams.get(key[0])
+            if stream is None:
+                stream = streams[key[0]] = {}
+                self._turns.append(key[0])
+            stream[key] = entry
+            if entry.deadline != math.inf:
+                self._tiebreak += 1
+                heapq.heappush(self._by_deadline, (entry.deadline, self._tiebreak, entry))
+        if entries:
+            self._tiebreak += 1
+            heapq.heappush(self._by_queue_deadline, (entries[0].queue_deadline, self._tiebreak, group, entries))
 
     def add_front(self, entries: Iterable[Entry]) -> None:
         """Puts entries back at the head of their streams, in the order given."""
@@ -82,17 +112,23 @@ class FairQueue:
             old = self._streams.get(stream_id)
             if old is None:
                 self._turns.appendleft(stream_id)
-            merged = {e.request.key: e for e in front}
+            merged = {e.key: e for e in front}
             merged.update(old or {})
             self._streams[stream_id] = merged
             for e in front:
-                self._entries[e.request.key] = e
+                self._entries[e.key] = e
                 self._push(e)
+                e.group = _Group()
+                e.group.queued = 1
+                self._tiebreak += 1
+                heapq.heappush(self._by_queue_deadline, (e.queue_deadline, self._tiebreak, e.group, [e]))
 
     def remove(self, key: RequestKey) -> Entry | None:
         entry = self._entries.pop(key, None)
         if entry is None:
             return None
+        if entry.group is not None:
+            entry.group.queued -= 1
         stream = self._streams[key[0]]
         del stream[key]
         if not stream:
@@ -105,14 +141,28 @@ class FairQueue:
         return min((next(iter(s.values())).enqueued_at for s in self._streams.values()), default=math.inf)
 
     def earliest_queue_deadline(self) -> float:
-        return self._peek(self._by_queue_deadline)
+        heap = self._by_queue_deadline
+        while heap:
+            at, _, group, _ = heap[0]
+            if group.queued:
+                return at
+            heapq.heappop(heap)
+        return math.inf
 
     def earliest_deadline(self) -> float:
         return self._peek(self._by_deadline)
 
     def pop_expired(self, now: float) -> list[Entry]:
         """Removes and returns every entry whose queue deadline or own deadline has come."""
-        gone = self._pop_while(self._by_queue_deadline, now)
+        gone: list[Entry] = []
+        while self.earliest_queue_deadline() <= now:
+            _, _, _, group = heapq.heappop(self._by_queue_deadline)
+            for e in group:
+                # A requeued entry is listed in its old group too: remove as we go,
+                # so that it cannot be taken twice.
+                if self._alive(e):
+                    self.remove(e.key)
+                    gone.append(e)
         gone += self._pop_while(self._by_deadline, now)
         return gone
 
@@ -124,6 +174,19 @@ class FairQueue:
         """Up to `n` entries: the urgent ones (`deadline - lead <= now`) first, earliest
         deadline first, then one per stream in turn."""
         taken = self._pop_while(self._by_deadline, now, lead=lead, limit=n)
+        if len(self._turns) == 1 and len(taken) < n:
+            # One stream with work (the common case): its oldest, in one sweep.
+            stream_id = self._turns[0]
+            stream = self._streams[stream_id]
+            for key in list(islice(stream, n - len(taken))):
+                entry = stream.pop(key)
+                del self._entries[key]
+                if entry.group is not None:
+                    entry.group.queued -= 1
+                taken.append(entry)
+            if not stream:
+                del self._streams[stream_id]
+                self._turns.clear()
         while len(taken) < n and self._turns:
             stream_id = self._turns[0]
             self._turns.rotate(-1)
@@ -137,13 +200,12 @@ class FairQueue:
     # ---- heaps ----------------------------------------------------------------------
 
     def _push(self, entry: Entry) -> None:
-        self._tiebreak += 1
-        heapq.heappush(self._by_queue_deadline, (entry.queue_deadline, self._tiebreak, entry))
+        """Onto the own-deadline heap, if it has a deadline."""
         if entry.deadline != math.inf:
             heapq.heappush(self._by_deadline, (entry.deadline, self._tiebreak, entry))
 
     def _alive(self, entry: Entry) -> bool:
-        return self._entries.get(entry.request.key) is entry
+        return self._entries.get(entry.key) is entry
 
     def _peek(self, heap: _Heap) -> float:
         while heap:
@@ -159,12 +221,16 @@ class FairQueue:
         out: list[Entry] = []
         while (limit is None or len(out) < limit) and self._peek(heap) - lead <= now:
             _, _, entry = heapq.heappop(heap)
-            self.remove(entry.request.key)
+            self.remove(entry.key)
             out.append(entry)
         return out
 
     def _compact(self) -> None:
-        for heap in (self._by_queue_deadline, self._by_deadline):
-            if len(heap) > 2 * len(self._entries) + 64:
-                heap[:] = [item for item in heap if self._alive(item[2])]
-                heapq.heapify(heap)
+        heap = self._by_deadline
+        if len(heap) > 2 * len(self._entries) + 64:
+            heap[:] = [item for item in heap if self._alive(item[2])]
+            heapq.heapify(heap)
+        groups = self._by_queue_deadline
+        if len(groups) > 2 * len(self._entries) + 64:
+            groups[:] = [item for item in groups if item[2].queued]
+            heapq.heapify(groups)
