@@ -8,7 +8,6 @@ queue, no batching. What the sidecar adds is measured against this ceiling.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncIterator
 from typing import Any

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -24,7 +23,7 @@ from sidecar.backends.base import Backend, BackendInfo
 from sidecar.backends.mock import MockBackend
 from sidecar.client import InferError, SidecarClient
 from sidecar.core.tensors import ModelSpec, TensorSpec
-from tests.rpc.helpers import run, server_counts, serving
+from tests.rpc.helpers import Gate, eventually, queue_depth_reaches, run, serving, settled_counts
 
 WAIT_S = 10.0
 GOOD = np.arange(16, dtype=np.float32)
@@ -159,46 +158,6 @@ def test_bad_input_is_invalid_argument_naming_the_problem_and_its_neighbours_suc
 
 
 # ---- a gated backend: requests held in it, or queued behind it ------------------------------
-
-
-class Gate:
-    """The mock's sleep: holds a batch in the backend until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.open.set()
-
-    def __call__(self, seconds: float) -> None:
-        assert self.open.wait(WAIT_S), "gate never opened"
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
-async def settled_counts(server, until=lambda counts: True) -> dict:
-    """The server's counts once the metrics have caught up: nothing in flight, nothing queued.
-
-    Metrics arrive after the fact (an answer can reach its client before the session's
-    count reaches the metrics actor), so they are read with a bounded wait, never at once.
-    """
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while True:
-        counts = await server_counts(server)
-        if counts["inflight"] == 0 and counts["queue_depth"] == 0 and until(counts):
-            return counts
-        assert asyncio.get_running_loop().time() < deadline, f"metrics never settled: {counts}"
-        await asyncio.sleep(0.005)
-
-
-async def queue_depth_reaches(server, depth: int) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while (counts := await server_counts(server))["queue_depth"] != depth:
-        assert asyncio.get_running_loop().time() < deadline, f"queue depth {counts['queue_depth']}, not {depth}"
-        await asyncio.sleep(0.005)
 
 
 async def next_message(call) -> pb.InferStreamResponse:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from sidecar.client import SidecarClient
 from sidecar.config import SidecarConfig
 from sidecar.metrics.reporters.memory import InMemoryReporter
 from sidecar.server.app import SidecarServer
-from tests.rpc.helpers import run
+from tests.rpc.helpers import Gate, eventually, run
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -52,17 +51,6 @@ CLIENT_SCRIPT = textwrap.dedent(
 )
 
 
-class Gate:
-    """The mock's sleep: holds a batch in the backend until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.open.set()
-
-    def __call__(self, seconds: float) -> None:
-        assert self.open.wait(WAIT_S), "gate never opened"
-
-
 class RecordingMock(MockBackend):
     """A mock that remembers the size of every batch it computed."""
 
@@ -73,13 +61,6 @@ class RecordingMock(MockBackend):
     def infer(self, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         self.sizes.append(len(inputs["input"]))
         return super().infer(inputs)
-
-
-async def eventually(check, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def read_line(proc: asyncio.subprocess.Process) -> str:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import grpc
 import numpy as np
-import pytest
 
 from actors.executor import ExecutorActor
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
@@ -15,7 +13,7 @@ from sidecar.backends.mock import MockBackend
 from sidecar.client import InferError, SidecarClient
 from sidecar.config import SidecarConfig
 from sidecar.server.app import SidecarServer
-from tests.rpc.helpers import run, serving
+from tests.rpc.helpers import Gate, run, serving
 from tests.rpc.test_health import http_health
 
 WAIT_S = 10.0
@@ -59,19 +57,9 @@ def test_wrong_output_count_fails_the_batch_and_never_misassigns():
     run(go())
 
 
-class Gate:
-    """A sleep that blocks until opened: holds a backend's load."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-
-    def __call__(self, seconds: float) -> None:
-        assert self.open.wait(WAIT_S)
-
-
 def test_hung_backend_times_out_is_replaced_and_health_follows():
     async def go():
-        gate = Gate()
+        gate = Gate(opened=False)
         fresh = []
 
         def make_backend():

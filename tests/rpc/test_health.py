@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import grpc
 import numpy as np
@@ -15,7 +14,7 @@ from sidecar.backends.mock import MockBackend
 from sidecar.client import InferError, SidecarClient
 from sidecar.config import SidecarConfig
 from sidecar.server.app import SidecarServer
-from tests.rpc.helpers import run
+from tests.rpc.helpers import Gate, run
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -38,19 +37,9 @@ async def grpc_health(address: str, service: str = "") -> int:
         return reply.status
 
 
-class Gate:
-    """A sleep that blocks until the test opens the gate: holds a load or a batch."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-
-    def __call__(self, seconds: float) -> None:
-        assert self.open.wait(WAIT_S), "gate never opened"
-
-
 def test_not_ready_while_loading_ready_after_not_ready_while_draining():
     async def go():
-        gate = Gate()
+        gate = Gate(opened=False)
         backend = MockBackend("mock:?load_ms=1&base_ms=1&per_item_ms=0", sleep=gate)
         server = SidecarServer(SidecarConfig(endpoint="127.0.0.1:0", health_port=0), backends=[backend])
         await server.listen()

@@ -7,7 +7,6 @@ endpoint, and the GetMetrics RPC.
 from __future__ import annotations
 
 import asyncio
-import threading
 import urllib.request
 from collections import Counter
 
@@ -20,7 +19,7 @@ from sidecar.client import SidecarClient
 from sidecar.config import SidecarConfig
 from sidecar.metrics.reporters.memory import InMemoryReporter
 from sidecar.server.app import SidecarServer
-from tests.rpc.helpers import run
+from tests.rpc.helpers import Gate, eventually, run
 
 WAIT_S = 10.0
 CLIENT_TO_SERVER = {
@@ -34,25 +33,6 @@ CLIENT_TO_SERVER = {
 }
 OUTCOMES = sorted(set(CLIENT_TO_SERVER.values()))
 X = {"input": np.ones(16, np.float32)}
-
-
-class Gate:
-    """The mock's sleep: blocks a batch in the backend until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.open.set()
-
-    def __call__(self, seconds: float) -> None:
-        assert self.open.wait(WAIT_S), "gate never opened"
-
-
-async def eventually(check, what: str) -> None:
-    """Bounded wait for a condition the pipeline reaches asynchronously."""
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 async def mixed_workload(server: SidecarServer, backend: MockBackend, gate: Gate, memory: InMemoryReporter) -> Counter:

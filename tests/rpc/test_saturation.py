@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import statistics
-import threading
 from collections import Counter
 
 import grpc
@@ -18,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.backends.mock import MockBackend
 from sidecar.client import InferError, SidecarClient
-from tests.rpc.helpers import run, server_counts, serving
+from tests.rpc.helpers import Gate, eventually, queue_depth_reaches, run, serving, settled_counts
 
 X = np.arange(16, dtype=np.float32)
 WAIT_S = 30.0
@@ -128,46 +127,6 @@ def test_ten_times_capacity_is_answered_once_each_rejections_fast_and_server_sta
                 assert c.counts["lost"] == 0 and c.counts["unexpected"] == 0
 
     run(go())
-
-
-class Gate:
-    """The mock's sleep: holds a batch in the backend until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.open.set()
-
-    def __call__(self, seconds: float) -> None:
-        assert self.open.wait(WAIT_S), "gate never opened"
-
-
-async def eventually(check, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
-async def settled_counts(server, until=lambda counts: True) -> dict:
-    """The server's counts once the metrics have caught up: nothing in flight, nothing queued.
-
-    Metrics arrive after the fact (an answer can reach its client before the session's
-    count reaches the metrics actor), so they are read with a bounded wait, never at once.
-    """
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while True:
-        counts = await server_counts(server)
-        if counts["inflight"] == 0 and counts["queue_depth"] == 0 and until(counts):
-            return counts
-        assert asyncio.get_running_loop().time() < deadline, f"metrics never settled: {counts}"
-        await asyncio.sleep(0.005)
-
-
-async def queue_depth_reaches(server, depth: int) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while (counts := await server_counts(server))["queue_depth"] != depth:
-        assert asyncio.get_running_loop().time() < deadline, f"queue depth {counts['queue_depth']}, not {depth}"
-        await asyncio.sleep(0.005)
 
 
 def test_hot_stream_is_held_to_its_per_stream_limit_while_another_stream_is_admitted():
