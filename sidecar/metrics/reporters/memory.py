@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
-from sidecar.metrics.group import MetricGroup
-from sidecar.metrics.registry import TrackedMetrics
-from sidecar.metrics.reporters.base import MetricReporter
+from sidecar.metrics.reporters.tracking import TrackingReporter
 from sidecar.metrics.types import Metric
 
 
-class InMemoryReporter(MetricReporter):
-    def __init__(self) -> None:
-        self._tracked = TrackedMetrics()
-
-    def open(self, config: Mapping[str, str]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def notify_of_added_metric(self, metric: Metric, name: str, group: MetricGroup) -> None:
-        self._tracked.add(metric, name, group)
-
-    def notify_of_removed_metric(self, metric: Metric, name: str, group: MetricGroup) -> None:
-        self._tracked.remove(metric, name, group)
-
+class InMemoryReporter(TrackingReporter):
     def find(self, pattern: str) -> dict[str, Metric]:
         """Metrics whose identifier contains a match of the regular expression."""
         regex = re.compile(pattern)

@@ -29,10 +29,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import Metric as PromFamily
 
 from sidecar.logs import event
-from sidecar.metrics.group import MetricGroup
 from sidecar.metrics.registry import MetricValue, TrackedMetrics, read_value
-from sidecar.metrics.reporters.base import MetricReporter
-from sidecar.metrics.types import QUANTILES, Metric
+from sidecar.metrics.reporters.tracking import TrackingReporter
+from sidecar.metrics.types import QUANTILES
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +47,11 @@ def label_name(variable: str) -> str:
     return _INVALID.sub("_", variable)
 
 
-class PrometheusReporter(MetricReporter):
+class PrometheusReporter(TrackingReporter):
     def __init__(self, port: int = 9249, host: str = "0.0.0.0") -> None:
         self._requested_port = port
         self._host = host
-        self._tracked = TrackedMetrics()
+        super().__init__()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self._tracked))
         self._server: WSGIServer | None = None
@@ -80,12 +79,6 @@ class PrometheusReporter(MetricReporter):
             server.server_close()  # releases the port
         if thread is not None:
             thread.join(timeout=5.0)
-
-    def notify_of_added_metric(self, metric: Metric, name: str, group: MetricGroup) -> None:
-        self._tracked.add(metric, name, group)
-
-    def notify_of_removed_metric(self, metric: Metric, name: str, group: MetricGroup) -> None:
-        self._tracked.remove(metric, name, group)
 
 
 def _wake(server: WSGIServer) -> None:
