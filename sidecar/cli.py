@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from sidecar import __version__
+from sidecar.backends.base import BackendError
 from sidecar.config import KEYS, SidecarConfig
 from sidecar.config_loader import ConfigError, Loaded, flag_name, load, parse_assignment
 from sidecar.logs import event, setup
@@ -33,6 +34,7 @@ log = logging.getLogger("sidecar")
 
 EXIT_USAGE = 2
 EXIT_SECOND_SIGNAL = 1
+EXIT_LOAD_FAILED = 3
 
 
 def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -175,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as e:
         print(f"gpu-sidecar: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BackendError as e:
+        print(f"gpu-sidecar: the backend failed to load: {e}", file=sys.stderr)
+        return EXIT_LOAD_FAILED
 
 
 if __name__ == "__main__":
