@@ -48,8 +48,10 @@ from sidecar.rpc.convert import error_response, ok_response, output_templates, t
 
 log = logging.getLogger(__name__)
 
-# One answer on its way to a stream: (wire response, received_at, completed_at).
-Outgoing = tuple[Any, float, float]
+# One answer on its way to a stream: (wire response, received_at, completed_at,
+# the outcome it was counted as). The outcome travels with it, so that an answer
+# that can no longer be written is moved from exactly the counter it went into.
+Outgoing = tuple[Any, float, float, str | None]
 # Answers grouped by stream id, and cancels that named nothing in flight.
 Deliver = Callable[[dict[int, list[Outgoing]], dict[int, list[int]]], None]
 
@@ -138,7 +140,7 @@ class SessionActor(pykka.ThreadingActor):
                         failure = f"request {p.request_id}: {e}"
                 if failure is not None:
                     response = error_response(p.request_id, Failure(Code.INVALID_ARGUMENT, failure))
-                    out.setdefault(stream, []).append((response, received_at, received_at))
+                    out.setdefault(stream, []).append((response, received_at, received_at, "invalid"))
                     counts["invalid"] += 1
             for request_id in item.cancels:
                 pending = ids.get(request_id)
@@ -164,7 +166,8 @@ class SessionActor(pykka.ThreadingActor):
                 pending = ids.get(p.request_id)
                 if pending is not None and pending[0] == received_at:
                     del ids[p.request_id]  # taken in just before the failure: not sent on
-                out.setdefault(item.stream, []).append((error_response(p.request_id, failure), received_at, received_at))
+                response = error_response(p.request_id, failure)
+                out.setdefault(item.stream, []).append((response, received_at, received_at, "failed"))
         n = sum(len(v) for v in out.values())
         self._emit(out, Counter({"received": n, "failed": n}), {})
 
@@ -195,8 +198,9 @@ class SessionActor(pykka.ThreadingActor):
                     self._cancelling.discard(uid)
                     if code is not Code.CANCELLED:  # it ran to the end; the client asked not to get it
                         response, code = error_response(request.request_id, CANCELLED_BY_CLIENT), Code.CANCELLED
-                out.setdefault(request.stream, []).append((response, request.received_at, completed_at))
-                counts[OUTCOME_BY_CODE[code]] += 1
+                outcome = OUTCOME_BY_CODE[code]
+                out.setdefault(request.stream, []).append((response, request.received_at, completed_at, outcome))
+                counts[outcome] += 1
             elif uid in self._gone:
                 self._gone.discard(uid)
                 self._cancelling.discard(uid)
@@ -222,7 +226,9 @@ class SessionActor(pykka.ThreadingActor):
         out: dict[int, list[Outgoing]] = {}
         for stream, ids in self._inflight.items():
             if ids:
-                out[stream] = [(error_response(i, failure), received_at, now) for i, (received_at, _) in ids.items()]
+                out[stream] = [
+                    (error_response(i, failure), received_at, now, "failed") for i, (received_at, _) in ids.items()
+                ]
                 self._abandoned.update(uid for _, uid in ids.values())
                 ids.clear()
         n = sum(len(v) for v in out.values())

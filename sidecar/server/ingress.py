@@ -18,7 +18,7 @@ from typing import Any
 import pykka
 
 from actors.messages import AnswersDropped, RequestsReceived, ResponsesWritten, StreamClosed, StreamInput
-from actors.session import OUTCOME_BY_CODE, Outgoing
+from actors.session import Outgoing
 from sidecar.clock import Clock
 from sidecar.core.status import Code, Failure
 from sidecar.rpc.convert import error_response
@@ -102,7 +102,8 @@ class Ingress:
     def submit(self, stream: Stream, requests: Sequence[Any], cancels: Sequence[int] = ()) -> None:
         if self._session is None:
             now = self._clock.now()
-            stream.outbox.extend((error_response(r.request_id, NOT_READY), now, now) for r in requests)
+            # Not counted: no pipeline, no metrics yet.
+            stream.outbox.extend((error_response(r.request_id, NOT_READY), now, now, None) for r in requests)
             stream.unknown_cancels.extend(cancels)
             stream.wakeup.set()
             return
@@ -135,8 +136,8 @@ class Ingress:
         if self._metrics is None or not sent:
             return
         now = self._clock.now()
-        self._end_to_end.extend([now - r for _, r, _ in sent])
-        self._delivery.extend([now - c for _, _, c in sent])
+        self._end_to_end.extend([now - r for _, r, _, _ in sent])
+        self._delivery.extend([now - c for _, _, c, _ in sent])
         if not self._written_flush_scheduled:
             self._written_flush_scheduled = True
             self._loop.call_soon(self._flush_written)
@@ -176,8 +177,6 @@ class Ingress:
         """The session counted these answers, but their client will never see them."""
         if not answers or self._metrics is None:
             return
-        outcomes = Counter(
-            OUTCOME_BY_CODE.get(Code(r.error.code), "failed") if r.HasField("error") else "succeeded"
-            for r, _, _ in answers
-        )
-        self._metrics.tell(AnswersDropped(tuple(outcomes.items())))
+        outcomes = Counter(outcome for _, _, _, outcome in answers if outcome is not None)
+        if outcomes:
+            self._metrics.tell(AnswersDropped(tuple(outcomes.items())))

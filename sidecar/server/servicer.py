@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from actors.session import Outgoing
 from sidecar import __version__
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
@@ -17,7 +18,6 @@ from sidecar.backends.base import BackendInfo
 from sidecar.config import SidecarConfig
 from sidecar.metrics.registry import MetricRegistry
 from sidecar.rpc.convert import duration, metrics_snapshot, tensor_spec
-from actors.session import Outgoing
 from sidecar.server.ingress import Ingress, Stream
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                 taken = self._take(stream)
                 cancels, stream.unknown_cancels = stream.unknown_cancels, []
                 await context.write(
-                    pb.InferStreamResponse(responses=[response for response, _, _ in taken], unknown_cancels=cancels)
+                    pb.InferStreamResponse(responses=[response for response, *_ in taken], unknown_cancels=cancels)
                 )
                 self._ingress.written(taken)
             reason = "stream ended"
@@ -82,7 +82,6 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
         if self.model_info is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
         return self.model_info
-
 
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> pb.MetricsSnapshot:
         # Quantiles are computed here; off the loop, so streams keep moving meanwhile.
