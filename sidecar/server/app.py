@@ -31,7 +31,7 @@ from sidecar.metrics.registry import MetricRegistry
 from sidecar.metrics.reporters.base import MetricReporter
 from sidecar.metrics.reporters.factory import create_reporters
 from sidecar.metrics.reporters.prometheus import PrometheusReporter
-from sidecar.server.endpoint import grpc_address
+from sidecar.server.endpoint import grpc_address, unix_socket_path
 from sidecar.server.health import SERVICE, Health
 from sidecar.server.ingress import Ingress
 from sidecar.server.pipeline import Pipeline, start_pipeline
@@ -56,8 +56,9 @@ class SidecarServer:
     """`await start()` listens and loads the model; `await drain()` or `await stop()` ends it.
 
     Pass `backends` to serve prepared instances (tests inject fault-injecting
-    mocks this way), and `make_backend` for the fresh instances that replace
-    hung or dead ones; otherwise both come from the registry.
+    mocks this way), and `make_backend` to make instances: the first ones when
+    `backends` is not given, and the fresh ones that replace hung or dead ones.
+    Without either, instances come from the registry.
     """
 
     def __init__(
@@ -150,7 +151,8 @@ class SidecarServer:
     async def load(self) -> None:
         config = self.config
         started = time.monotonic()
-        backends = self._backends or [registry.create(config.backend, config.model_uri) for _ in range(config.instances)]
+        make_backend = self._make_backend or (lambda: registry.create(config.backend, config.model_uri))
+        backends = self._backends or [make_backend() for _ in range(config.instances)]
         assert self._ingress is not None, "listen() first"
         # Loading can take minutes on a real model; the loop keeps serving meanwhile.
         loop = asyncio.get_running_loop()
@@ -161,7 +163,7 @@ class SidecarServer:
             backends,
             self._ingress.deliver,
             self.metric_group,
-            make_backend=self._make_backend or (lambda: registry.create(config.backend, config.model_uri)),
+            make_backend=make_backend,
             on_drained=self._drained,
             on_capacity=lambda up: loop.call_soon_threadsafe(self._capacity_changed, up),
         )
@@ -230,9 +232,8 @@ class SidecarServer:
 
 
 def _remove_unix_socket(endpoint: str) -> None:
-    address = grpc_address(endpoint)
-    if address.startswith("unix:"):
-        path = address.removeprefix("unix://") if address.startswith("unix://") else address.removeprefix("unix:")
+    path = unix_socket_path(endpoint)
+    if path is not None:
         try:
             os.unlink(path)
         except FileNotFoundError:

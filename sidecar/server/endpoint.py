@@ -16,3 +16,13 @@ def grpc_address(endpoint: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"endpoint {endpoint!r} is neither host:port nor unix:///path")
     return endpoint
+
+
+def unix_socket_path(endpoint: str) -> str | None:
+    """The socket file a unix endpoint names; None for host:port."""
+    address = grpc_address(endpoint)
+    if address.startswith("unix://"):
+        return address.removeprefix("unix://")
+    if address.startswith("unix:"):
+        return address.removeprefix("unix:")
+    return None
