@@ -100,7 +100,10 @@ def key(name: str, kind: Kind, doc: str, default: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class SidecarConfig:
     endpoint: str = key("sidecar.rpc.endpoint", ENDPOINT, "where gRPC listens: host:port (port 0 picks a free one) or unix:///path", "127.0.0.1:7651")
-    max_message_bytes: int = key("sidecar.rpc.max-message-size", SIZE, "largest gRPC message either way; response messages are packed up to half of it", 64 * 1024 * 1024)
+    max_message_bytes: int = key("sidecar.rpc.max-message-size", SIZE, "largest gRPC message either way (a request message may pack many requests)", 64 * 1024 * 1024)
+    response_pack_bytes: int = key("sidecar.rpc.response-pack-size", SIZE, "response messages are packed up to this size, below the 4 MiB receive limit grpc-java, -go and -js clients have by default; never above sidecar.rpc.max-message-size; a single larger response travels alone", 4080 * 1024)
+    max_concurrent_streams: int = key("sidecar.rpc.max-concurrent-streams", _integer(1), "concurrent calls one client connection may have open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)", 256)
+    max_outstanding: int = key("sidecar.stream.max-outstanding", _integer(1), "requests one stream may have open (read and not yet answered on the wire); at this window the server stops reading the stream, so HTTP/2 flow control holds its client back and a client that does not read costs at most this many answers", 1024)
     backend: str = key("sidecar.model.backend", TEXT, "backend name: mock, cpu, or one registered under the gpu_sidecar.backends entry-point group", "mock")
     model_uri: str = key("sidecar.model.uri", TEXT, "what the backend loads; for mock its options (mock:?base_ms=2&per_item_ms=0.02), for cpu a seed (cpu:?seed=0) or an .npz path", "")
     instances: int = key("sidecar.model.instances", _integer(1), "backend instances, each with its own executor thread", 1)
@@ -111,9 +114,13 @@ class SidecarConfig:
     max_per_stream: int = key("sidecar.queue.max-per-stream", _integer(0), "requests one stream may have queued; beyond it RESOURCE_EXHAUSTED, so one hot stream cannot fill the queue while others wait; 0 means no per-stream limit", 0)
     max_queue_wait_s: float = key("sidecar.queue.max-wait", _duration(True), "longest a request may wait for dispatch; then DEADLINE_EXCEEDED", 1.0)
     backend_timeout_s: float = key("sidecar.backend.timeout", _duration(True), "a batch running longer than this fails DEADLINE_EXCEEDED and its backend instance is replaced", 30.0)
+    max_hung: int = key("sidecar.backend.max-hung", _integer(0), "backend instances given up on as hung whose calls never returned that the sidecar tolerates; one more and it turns NOT_READY and exits with code 4 so its orchestrator restarts it", 2)
+    reload_attempts: int = key("sidecar.backend.reload-attempts", _integer(1), "loads tried, with backoff, for a replacement backend instance before that instance is given up; with no instance left the sidecar exits with code 4", 5)
+    health_host: str = key("sidecar.health.host", TEXT, "address the health HTTP endpoint binds", "0.0.0.0")
     health_port: int = key("sidecar.health.port", _integer(0, 65535), "HTTP port for GET /health (READY 200 / NOT_READY 503); 0 picks a free one", 7652)
     drain_timeout_s: float = key("sidecar.drain.timeout", _duration(False), "on SIGTERM, how long in-flight requests may take to finish; the rest get UNAVAILABLE", 30.0)
     metrics_reporters: tuple[str, ...] = key("sidecar.metrics.reporters", _names("prom", "log"), "metric reporters to run: prom (Prometheus endpoint), log (all metrics in the log every interval)", ("prom",))
+    prometheus_host: str = key("sidecar.metrics.prometheus.host", TEXT, "address the Prometheus endpoint binds", "0.0.0.0")
     prometheus_port: int = key("sidecar.metrics.prometheus.port", _integer(0, 65535), "HTTP port of the Prometheus endpoint (as Flink's reporter); 0 picks a free one", 9249)
     metrics_log_interval_s: float = key("sidecar.metrics.log.interval", _duration(True), "how often the log reporter writes all metrics", 60.0)
     histogram_window: int = key("sidecar.metrics.histogram.window", _integer(1), "values each histogram keeps for its statistics (Flink's latency history is 128)", 128)
@@ -135,6 +142,11 @@ class SidecarConfig:
             )
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
+
+    @property
+    def pack_bytes(self) -> int:
+        """What a response message is packed up to: the pack size, within the message limit."""
+        return min(self.response_pack_bytes, self.max_message_bytes)
 
     def admission_limits(self) -> AdmissionLimits:
         return AdmissionLimits(self.max_queue_length, self.max_queue_wait_s, self.max_per_stream or None)

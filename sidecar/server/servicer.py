@@ -102,6 +102,9 @@ def model_info_message(backend: str, info: BackendInfo, batch_size: int, config:
             instances=config.instances,
             max_inflight_batches_per_instance=config.max_inflight_batches,
             max_message_bytes=config.max_message_bytes,
+            max_outstanding_per_stream=config.max_outstanding,
+            max_queued_per_stream=config.max_per_stream,
+            response_pack_bytes=config.response_pack_bytes,
         ),
     )
 

@@ -99,7 +99,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_batch_size", "batch_timeout", "max_queue_length", "max_queue_wait", "instances", "max_inflight_batches_per_instance", "max_message_bytes")
+    __slots__ = ("max_batch_size", "batch_timeout", "max_queue_length", "max_queue_wait", "instances", "max_inflight_batches_per_instance", "max_message_bytes", "max_outstanding_per_stream", "max_queued_per_stream", "response_pack_bytes")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,9 @@ class Limits(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_BATCHES_PER_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTSTANDING_PER_STREAM_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_PER_STREAM_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_PACK_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     batch_timeout: _duration_pb2.Duration
     max_queue_length: int
@@ -114,7 +117,10 @@ class Limits(_message.Message):
     instances: int
     max_inflight_batches_per_instance: int
     max_message_bytes: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., batch_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_queue_length: _Optional[int] = ..., max_queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., instances: _Optional[int] = ..., max_inflight_batches_per_instance: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    max_outstanding_per_stream: int
+    max_queued_per_stream: int
+    response_pack_bytes: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., batch_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_queue_length: _Optional[int] = ..., max_queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., instances: _Optional[int] = ..., max_inflight_batches_per_instance: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_outstanding_per_stream: _Optional[int] = ..., max_queued_per_stream: _Optional[int] = ..., response_pack_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("backend", "model_uri", "inputs", "outputs", "limits")
