@@ -64,3 +64,26 @@ def setup(log_format: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Throttle:
+    """Lets one log line through per `interval_s`; counts the ones it held back.
+
+    For events a client can cause at will (a malformed frame, say): each is worth
+    knowing about, but a hostile client must not be able to fill the disk.
+    """
+
+    def __init__(self, interval_s: float, now: Any = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._now = now
+        self._next = -float("inf")
+        self._held = 0
+
+    def allow(self) -> int | None:
+        """None: hold this one back. Otherwise: log it, with this many held back since the last."""
+        t = self._now()
+        if t < self._next:
+            self._held += 1
+            return None
+        held, self._held, self._next = self._held, 0, t + self._interval_s
+        return held

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
-from grpc_reflection.v1alpha import reflection
 
 from actors.messages import AbandonAll, Drain
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
@@ -35,6 +34,7 @@ from sidecar.server.endpoint import grpc_address, unix_socket_path
 from sidecar.server.health import SERVICE, Health
 from sidecar.server.ingress import Ingress
 from sidecar.server.pipeline import Pipeline, start_pipeline
+from sidecar.server.reflection import enable_reflection
 from sidecar.server.servicer import GpuSidecarServicer, add_to_server, model_info_message
 
 log = logging.getLogger("sidecar.server")
@@ -114,20 +114,20 @@ class SidecarServer:
 
     async def listen(self) -> None:
         config = self.config
-        self._ingress = Ingress(asyncio.get_running_loop(), self._clock)
+        self._ingress = Ingress(asyncio.get_running_loop(), self._clock, config.max_outstanding)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", config.max_concurrent_streams),
             ]
         )
         self._servicer = GpuSidecarServicer(self._ingress, config, self.metric_registry)
         add_to_server(self._servicer, server)
         self.health.add_to_server(server)
-        reflection.enable_server_reflection(
-            (pb.DESCRIPTOR.services_by_name["GpuSidecar"].full_name, "grpc.health.v1.Health", reflection.SERVICE_NAME),
-            server,
+        enable_reflection(
+            (pb.DESCRIPTOR.services_by_name["GpuSidecar"].full_name, "grpc.health.v1.Health"), server
         )
         await self.health.set_ready(False)
         self.port = server.add_insecure_port(grpc_address(config.endpoint))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -21,37 +22,38 @@ from actors.messages import AnswersDropped, RequestsReceived, ResponsesWritten, 
 from actors.session import Outgoing
 from sidecar.clock import Clock
 from sidecar.core.status import Code, Failure
+from sidecar.core.stream import BadFrame, Drain, Gone, Phase, Read, ReadEnded, StreamError, StreamLifecycle
 from sidecar.rpc.convert import error_response
+
+log = logging.getLogger(__name__)
 
 NOT_READY = Failure(Code.UNAVAILABLE, "the sidecar is starting: the model is not loaded yet; retry shortly")
 
 
 class Stream:
-    """One Infer call's state, touched only on the event loop."""
+    """One Infer call, touched only on the event loop. What it has read, owes and
+    wrote is its lifecycle's business (sidecar/core/stream.py)."""
 
-    __slots__ = ("id", "outbox", "unknown_cancels", "wakeup", "outstanding", "reading_done", "draining", "deadline")
+    __slots__ = ("id", "life", "wakeup", "readable", "deadline")
 
-    def __init__(self, stream_id: int, draining: bool, deadline: float) -> None:
+    def __init__(self, stream_id: int, window: int, deadline: float) -> None:
         self.id = stream_id
         self.deadline = deadline  # the call's gRPC deadline, absolute; inf if none
-        self.outbox: list[Outgoing] = []
-        self.unknown_cancels: list[int] = []
-        self.wakeup = asyncio.Event()
-        self.outstanding = 0  # requests sent on, not yet answered
-        self.reading_done = False
-        self.draining = draining
+        self.life: StreamLifecycle[Outgoing] = StreamLifecycle(window)
+        self.wakeup = asyncio.Event()  # the writer has something to do
+        self.readable = asyncio.Event()  # the reader may go on
 
-    @property
-    def finished(self) -> bool:
-        """Everything it sent is answered and written, and no more will come (or
-        the server is draining, which ends a stream as soon as it is answered)."""
-        return (self.reading_done or self.draining) and self.outstanding == 0 and not self.outbox and not self.unknown_cancels
+    def wake(self) -> None:
+        self.wakeup.set()
+        if self.life.may_read or self.life.phase is not Phase.OPEN:
+            self.readable.set()
 
 
 class Ingress:
-    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock, window: int = 1024) -> None:
         self._loop = loop
         self._clock = clock
+        self._window = window
         self._session: pykka.ActorRef[Any] | None = None
         self._metrics: pykka.ActorRef[Any] | None = None
         self._streams: dict[int, Stream] = {}
@@ -75,21 +77,29 @@ class Ingress:
 
     @property
     def outstanding(self) -> int:
-        return sum(s.outstanding for s in self._streams.values())
+        return sum(s.life.outstanding for s in self._streams.values())
 
-    def open_stream(self, time_remaining_s: float | None = None) -> Stream:
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def open_stream(self, time_remaining_s: float | None = None) -> Stream | None:
+        """A new call's stream; None while draining (the call is refused at once,
+        so clients that reconnect cannot hold a drain open)."""
+        if self._draining:
+            return None
         deadline = math.inf if time_remaining_s is None else self._clock.now() + time_remaining_s
-        stream = Stream(next(self._ids), self._draining, deadline)
+        stream = Stream(next(self._ids), self._window, deadline)
         self._streams[stream.id] = stream
         self._idle.clear()
         return stream
 
     def start_draining(self) -> None:
-        """From now on every stream ends as soon as all it sent is answered."""
+        """Every stream stops reading and ends once all it read is written back."""
         self._draining = True
         for stream in self._streams.values():
-            stream.draining = True
-            stream.wakeup.set()
+            stream.life.handle(Drain())
+            stream.wake()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Waits until no stream is open; False if `timeout_s` passed first."""
@@ -100,26 +110,35 @@ class Ingress:
         return True
 
     def submit(self, stream: Stream, requests: Sequence[Any], cancels: Sequence[int] = ()) -> None:
+        if stream.life.phase is Phase.GONE:
+            return  # read as its call died: nobody is left to answer, and it was never counted
+        stream.life.handle(Read(len(requests), len(cancels)))
         if self._session is None:
             now = self._clock.now()
             # Not counted: no pipeline, no metrics yet.
-            stream.outbox.extend((error_response(r.request_id, NOT_READY), now, now, None) for r in requests)
-            stream.unknown_cancels.extend(cancels)
-            stream.wakeup.set()
+            stream.life.answered([(error_response(r.request_id, NOT_READY), now, now, None) for r in requests])
+            stream.life.unknown_cancels(cancels)
+            stream.wake()
             return
-        stream.outstanding += len(requests)
         self._pending.append(StreamInput(stream.id, requests, cancels, stream.deadline))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def read_ended(self, stream: Stream) -> None:
+        stream.life.handle(ReadEnded())
+        stream.wake()
+
+    def bad_frame(self, stream: Stream, detail: str) -> None:
+        stream.life.handle(BadFrame(detail))
+        stream.wake()
 
     def close_stream(self, stream: Stream, reason: str) -> None:
         """The call is over (answered, or its client went away): forget it."""
         self._flush()  # its last requests must reach the session before the close
         if self._streams.pop(stream.id, None) is not None and self._session is not None:
             self._session.tell(StreamClosed(stream.id, reason))
-        self._dropped(stream.outbox)
-        stream.outbox = []
+        self._dropped(stream.life.handle(Gone()))
         if not self._streams:
             self._idle.set()
 
@@ -127,12 +146,14 @@ class Ingress:
         """Called from actor threads."""
         self._loop.call_soon_threadsafe(self._route, out, unknown_cancels)
 
-    def written(self, sent: list[Outgoing]) -> None:
+    def written(self, stream: Stream, sent: list[Outgoing]) -> None:
         """The servicer wrote these: record their end-to-end and delivery times.
 
         Like requests, the samples of one loop pass travel to the metrics actor as
         one message, whatever the number of streams and messages written.
         """
+        stream.life.write_done()
+        stream.wake()
         if self._metrics is None or not sent:
             return
         now = self._clock.now()
@@ -141,6 +162,12 @@ class Ingress:
         if not self._written_flush_scheduled:
             self._written_flush_scheduled = True
             self._loop.call_soon(self._flush_written)
+
+    def write_failed(self, stream: Stream, taken: list[Outgoing]) -> None:
+        """A write raised: those answers and everything else the stream holds are
+        dropped, moved from the outcome they were counted as."""
+        self._dropped([*taken, *stream.life.write_failed()])
+        stream.wake()
 
     def _flush_written(self) -> None:
         self._written_flush_scheduled = False
@@ -162,18 +189,21 @@ class Ingress:
         for stream_id, ids in (unknown_cancels or {}).items():
             stream = self._streams.get(stream_id)
             if stream is not None:
-                stream.unknown_cancels.extend(ids)
-                stream.wakeup.set()
+                stream.life.unknown_cancels(ids)
+                stream.wake()
         for stream_id, answers in out.items():
             stream = self._streams.get(stream_id)
             if stream is None:
                 self._dropped(answers)  # its call ended while these were on their way
                 continue
-            stream.outbox.extend(answers)
-            stream.outstanding -= len(answers)
-            stream.wakeup.set()
+            try:
+                self._dropped(stream.life.answered(answers))
+            except StreamError:  # a bug upstream; the counts say where answers went
+                log.exception("ingress: stream %d got answers it did not ask for", stream_id)
+                self._dropped(answers)
+            stream.wake()
 
-    def _dropped(self, answers: list[Outgoing]) -> None:
+    def _dropped(self, answers: Sequence[Outgoing]) -> None:
         """The session counted these answers, but their client will never see them."""
         if not answers or self._metrics is None:
             return

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from actors.session import Outgoing
 from sidecar import __version__
@@ -18,9 +19,43 @@ from sidecar.backends.base import BackendInfo
 from sidecar.config import SidecarConfig
 from sidecar.metrics.registry import MetricRegistry
 from sidecar.rpc.convert import duration, metrics_snapshot, tensor_spec
+from sidecar.core.stream import Phase
+from sidecar.logs import Throttle, event
 from sidecar.server.ingress import Ingress, Stream
 
 log = logging.getLogger(__name__)
+
+# A packed response costs its field tag and a length varint besides its own bytes.
+RESPONSE_FRAMING_BYTES = 6
+BAD_FRAME_LOG_INTERVAL_S = 10.0
+DRAINING_REFUSAL = "the sidecar is draining (shutting down) and takes no new streams; connect to another instance or retry after it restarts"
+# google.rpc codes and grpc.StatusCode agree on numbers.
+_GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class Unparsable:
+    """A request-stream message that is not an InferStreamRequest."""
+
+    __slots__ = ("size", "error")
+
+    def __init__(self, size: int, error: str) -> None:
+        self.size = size
+        self.error = error
+
+
+def parse_stream_request(data: bytes) -> pb.InferStreamRequest | Unparsable:
+    # Lenient on purpose: a frame that fails in gRPC's own deserializer ends the
+    # call with UNKNOWN and a traceback in the log, and every request read
+    # before it loses its answer. Here it ends reading, and the call is closed
+    # INVALID_ARGUMENT once everything read before it is answered.
+    try:
+        return pb.InferStreamRequest.FromString(data)
+    except DecodeError as e:
+        return Unparsable(len(data), str(e))
+
+
+# One log line per interval for bad frames, however many a client sends.
+_bad_frames = Throttle(BAD_FRAME_LOG_INTERVAL_S)
 
 
 class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
@@ -28,52 +63,87 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
         self._ingress = ingress
         self._registry = registry
         self.model_info: pb.ModelInfo | None = None  # set once the backend has loaded
-        # Responses are packed up to half the message limit, leaving room for framing.
-        self._pack_bytes = config.max_message_bytes // 2
+        # Framing per packed response (field tag and length) is counted with each one.
+        self._pack_bytes = config.pack_bytes - RESPONSE_FRAMING_BYTES
         self._started = time.monotonic()
 
-    async def Infer(self, request_iterator: AsyncIterator[pb.InferStreamRequest], context: Any) -> None:
+    async def Infer(self, request_iterator: AsyncIterator[Any], context: Any) -> None:
         stream = self._ingress.open_stream(context.time_remaining())
+        if stream is None:
+            context.set_code(grpc.StatusCode.UNAVAILABLE)
+            context.set_details(DRAINING_REFUSAL)
+            return
         reader = asyncio.ensure_future(self._read(request_iterator, stream))
-        reason = "client went away"
+        reason, end = "client went away", None
         try:
-            while not stream.finished:
-                if not stream.outbox and not stream.unknown_cancels:
-                    stream.wakeup.clear()
-                    await stream.wakeup.wait()
-                    continue
-                taken = self._take(stream)
-                cancels, stream.unknown_cancels = stream.unknown_cancels, []
-                await context.write(
-                    pb.InferStreamResponse(responses=[response for response, *_ in taken], unknown_cancels=cancels)
-                )
-                self._ingress.written(taken)
+            await self._write(stream, context)
             reason = "stream ended"
-            await reader  # surfaces a read error, if any
+            if stream.life.phase is not Phase.GONE:
+                end = stream.life.end_status()
         finally:
             reader.cancel()
             self._ingress.close_stream(stream, reason)
+        if end is not None:
+            context.set_code(_GRPC_CODES[int(end.code)])
+            context.set_details(end.message)
 
-    async def _read(self, request_iterator: AsyncIterator[pb.InferStreamRequest], stream: Stream) -> None:
+    async def _write(self, stream: Stream, context: Any) -> None:
+        life, budget = stream.life, self._pack_bytes
+        while not life.finished:
+            if not life.has_output:
+                stream.wakeup.clear()
+                await stream.wakeup.wait()
+                continue
+            taken = life.take(budget, _packed_size)
+            message = pb.InferStreamResponse(responses=[a[0] for a in taken.answers], unknown_cancels=taken.cancels)
+            try:
+                await context.write(message)
+            except BaseException as e:
+                # Not written: those answers move from their outcome to dropped.
+                self._ingress.write_failed(stream, taken.answers)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                log.debug("infer: write failed on stream %d: %r", stream.id, e)
+                return
+            self._ingress.written(stream, taken.answers)
+
+    async def _read(self, request_iterator: AsyncIterator[Any], stream: Stream) -> None:
+        life, ingress = stream.life, self._ingress
+        frames = 0
         try:
-            async for message in request_iterator:
+            iterator = request_iterator.__aiter__()
+            while True:
+                while not life.may_read:
+                    if life.phase is not Phase.OPEN:
+                        return
+                    # At the window: read nothing more until answers are written,
+                    # so HTTP/2 flow control holds the client back.
+                    stream.readable.clear()
+                    await stream.readable.wait()
+                try:
+                    message = await iterator.__anext__()
+                except StopAsyncIteration:
+                    ingress.read_ended(stream)
+                    return
+                frames += 1
+                if isinstance(message, Unparsable):
+                    detail = (
+                        f"message {frames} of this stream is not an InferStreamRequest ({message.size} bytes: "
+                        f"{message.error}); the stream was ended after answering the {life.read} request(s) read before it"
+                    )
+                    held = _bad_frames.allow()
+                    if held is not None:
+                        event(log, "bad frame", level=logging.WARNING, stream=stream.id, bytes=message.size, held_back=held)
+                    ingress.bad_frame(stream, detail)
+                    return
                 if message.requests or message.cancel:
-                    self._ingress.submit(stream, message.requests, message.cancel)
-        finally:
-            stream.reading_done = True
-            stream.wakeup.set()
-
-    def _take(self, stream: Stream) -> list[Outgoing]:
-        """Takes as many responses as fit in one message."""
-        outbox, budget = stream.outbox, self._pack_bytes
-        n = 0
-        while n < len(outbox):
-            budget -= outbox[n][0].ByteSize()
-            if budget < 0 and n > 0:
-                break
-            n += 1
-        taken, stream.outbox = outbox[:n], outbox[n:]
-        return taken
+                    ingress.submit(stream, message.requests, message.cancel)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the call broke under the read; the writer finds out on its own
+            log.debug("infer: read failed on stream %d: %r", stream.id, e)
+            if life.phase is Phase.OPEN:
+                ingress.read_ended(stream)
 
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:
         return pb.PingResponse(version=__version__, uptime=duration(time.monotonic() - self._started))
@@ -110,4 +180,33 @@ def model_info_message(backend: str, info: BackendInfo, batch_size: int, config:
 
 
 def add_to_server(servicer: GpuSidecarServicer, server: grpc.aio.Server) -> None:
-    pb_grpc.add_GpuSidecarServicer_to_server(servicer, server)
+    """As the generated add_GpuSidecarServicer_to_server, but Infer reads frames
+    with the lenient parser."""
+    handlers = {
+        "Infer": grpc.stream_stream_rpc_method_handler(
+            servicer.Infer,
+            request_deserializer=parse_stream_request,
+            response_serializer=pb.InferStreamResponse.SerializeToString,
+        ),
+        "Ping": grpc.unary_unary_rpc_method_handler(
+            servicer.Ping, request_deserializer=pb.PingRequest.FromString,
+            response_serializer=pb.PingResponse.SerializeToString,
+        ),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetModelInfo, request_deserializer=pb.GetModelInfoRequest.FromString,
+            response_serializer=pb.ModelInfo.SerializeToString,
+        ),
+        "GetMetrics": grpc.unary_unary_rpc_method_handler(
+            servicer.GetMetrics, request_deserializer=pb.GetMetricsRequest.FromString,
+            response_serializer=pb.MetricsSnapshot.SerializeToString,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["GpuSidecar"].full_name
+    missing = set(pb.DESCRIPTOR.services_by_name["GpuSidecar"].methods_by_name) - set(handlers)
+    assert not missing, f"methods without a handler: {missing}"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
+def _packed_size(answer: Outgoing) -> int:
+    return answer[0].ByteSize() + RESPONSE_FRAMING_BYTES
