@@ -80,6 +80,7 @@ class SidecarServer:
                 *create_reporters(
                     config.metrics_reporters,
                     prometheus_port=config.prometheus_port,
+                    prometheus_host=config.prometheus_host,
                     log_interval_s=config.metrics_log_interval_s,
                 ),
                 *reporters,
@@ -133,7 +134,7 @@ class SidecarServer:
         self.port = server.add_insecure_port(grpc_address(config.endpoint))
         await server.start()
         self._server = server
-        self.health_port = await self.health.start_http(config.health_port)
+        self.health_port = await self.health.start_http(config.health_port, config.health_host)
         await asyncio.to_thread(self.metric_registry.start)
         event(
             log, "listening", endpoint=self.address, health_port=self.health_port, grpc_service=SERVICE,

@@ -9,9 +9,11 @@ from sidecar.metrics.reporters.log import LogReporter
 from sidecar.metrics.reporters.prometheus import PrometheusReporter
 
 
-def create_reporters(names: Sequence[str], *, prometheus_port: int, log_interval_s: float) -> list[MetricReporter]:
+def create_reporters(
+    names: Sequence[str], *, prometheus_port: int, log_interval_s: float, prometheus_host: str = "0.0.0.0"
+) -> list[MetricReporter]:
     makers: dict[str, Callable[[], MetricReporter]] = {
-        "prom": lambda: PrometheusReporter(port=prometheus_port),
+        "prom": lambda: PrometheusReporter(port=prometheus_port, host=prometheus_host),
         "log": lambda: LogReporter(interval_s=log_interval_s),
     }
     unknown = [n for n in names if n not in makers]
