@@ -19,7 +19,7 @@ SMALL_QUEUE = dict(model_uri="mock:?base_ms=5&per_item_ms=0", max_batch_size=4, 
 def test_without_retry_the_overflow_is_refused():
     async def go():
         async with serving(**SMALL_QUEUE) as server:
-            async with SidecarClient(server.address) as client:
+            async with SidecarClient(server.address, max_in_flight=60) as client:  # no window: overflow on purpose
                 results = await asyncio.gather(*[client.submit(X) for _ in range(60)], return_exceptions=True)
         refused = [r for r in results if isinstance(r, InferError)]
         assert refused and all(e.code is grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
@@ -32,7 +32,7 @@ def test_with_retry_every_request_gets_through_and_every_attempt_is_counted():
     async def go():
         async with serving(**SMALL_QUEUE) as server:
             policy = RetryPolicy(max_attempts=50, initial_backoff_s=0.002, max_backoff_s=0.05)
-            async with SidecarClient(server.address, retry=policy) as client:
+            async with SidecarClient(server.address, retry=policy, max_in_flight=60) as client:
                 results = await asyncio.wait_for(asyncio.gather(*[client.submit(X) for _ in range(60)]), 30)
         assert all(out["output"][0] == 2.0 for out in results)
         assert client.counts["OK"] == 60

@@ -37,7 +37,7 @@ X = {"input": np.ones(16, np.float32)}
 
 async def mixed_workload(server: SidecarServer, backend: MockBackend, gate: Gate, memory: InMemoryReporter) -> Counter:
     depth = memory.value("gpuSidecar.queueDepth")
-    clients = {name: SidecarClient(server.address) for name in "ABCDE"}
+    clients = {name: SidecarClient(server.address, max_in_flight=1000) for name in "ABCDE"}  # D overflows on purpose
     for c in clients.values():
         await c.connect()
     a, b, c, d, e = clients.values()

@@ -134,7 +134,7 @@ def test_hot_stream_is_held_to_its_per_stream_limit_while_another_stream_is_admi
         gate = Gate()
         backend = MockBackend("mock:?base_ms=1&per_item_ms=0", sleep=gate)
         async with serving(backends=[backend], max_per_stream=4, **{**SLOW, "model_uri": backend.model_uri}) as server:
-            holder, hot, other = (SidecarClient(server.address) for _ in range(3))
+            holder, hot, other = (SidecarClient(server.address, max_in_flight=100) for _ in range(3))  # no window: the server enforces
             for c in (holder, hot, other):
                 await c.connect()
             try:
