@@ -9,10 +9,17 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
+from sidecar.core.quote import clip
 from sidecar.core.request import Request
 from sidecar.core.status import Failure
 from sidecar.core.tensors import InvalidTensors, TensorSpec, input_bytes
 from sidecar.metrics.registry import MetricValue
+
+# The longest error message an answer carries. Messages that quote a client's text
+# quote it short already (sidecar/core/quote.py: a few hundred characters whatever
+# it sent); this bounds every other one too (a backend's exception text), so no
+# error can grow an answer towards the send limit and take its neighbours with it.
+MAX_MESSAGE_CHARS = 4096
 
 
 def to_request(
@@ -62,7 +69,7 @@ def error_response(request_id: int, failure: Failure) -> pb.InferResponse:
 
 
 def to_status(failure: Failure) -> status_pb2.Status:
-    status = status_pb2.Status(code=int(failure.code), message=failure.message)
+    status = status_pb2.Status(code=int(failure.code), message=clip(failure.message, MAX_MESSAGE_CHARS))
     if failure.retry_after_s is not None:
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration(failure.retry_after_s)))
