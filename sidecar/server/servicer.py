@@ -136,7 +136,19 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                         event(log, "bad frame", level=logging.WARNING, stream=stream.id, bytes=message.size, held_back=held)
                     ingress.bad_frame(stream, detail)
                     return
-                if message.requests or message.cancel:
+                n = len(message.requests)
+                if n > life.window:
+                    # Each request costs the session a few microseconds with the
+                    # GIL held: a message of a million tiny requests would stall
+                    # every stream for seconds, and no client within its window
+                    # can pack more than the window.
+                    ingress.bad_frame(stream, (
+                        f"message {frames} of this stream carries {n} requests, more than the stream's window of "
+                        f"{life.window} (sidecar.stream.max-outstanding); the stream was ended after answering the "
+                        f"{life.read} request(s) read before it"
+                    ))
+                    return
+                if n or message.cancel:
                     ingress.submit(stream, message.requests, message.cancel)
         except asyncio.CancelledError:
             raise

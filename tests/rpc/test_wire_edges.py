@@ -144,3 +144,29 @@ def test_reflection_answers_v1_and_v1alpha():
                     assert {"gpusidecar.v1.GpuSidecar", "grpc.health.v1.Health", service} <= names
 
     run(scenario())
+
+
+def test_a_message_packing_more_requests_than_the_window_ends_the_call_invalid_argument_at_once():
+    async def scenario() -> None:
+        async with serving(max_outstanding=64) as server:
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                call = pb_grpc.GpuSidecarStub(channel).Infer()
+                await call.write(pb.InferStreamRequest.FromString(_valid(1)))
+                # 200,000 empty requests: 400 KB on the wire, seconds of session time if taken in
+                bomb = pb.InferStreamRequest(requests=[pb.InferRequest(request_id=i) for i in range(2, 200_002)])
+                started = asyncio.get_running_loop().time()
+                await call.write(bomb)
+                responses = []
+                try:
+                    async for reply in call:
+                        responses.extend(reply.responses)
+                except grpc.aio.AioRpcError:
+                    pass
+                took = asyncio.get_running_loop().time() - started
+                assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "more than the stream's window of 64" in await call.details()
+                assert [r.request_id for r in responses] == [1] and not responses[0].HasField("error")
+                assert (await pb_grpc.GpuSidecarStub(channel).Ping(pb.PingRequest(), timeout=5)).version
+                print(f"\na message of 200,000 requests ended its call in {took * 1e3:.1f} ms")
+
+    run(scenario())
