@@ -16,6 +16,7 @@ from actors.messages import (
     Peers,
     QueueReleased,
     RequestsAdmitted,
+    ServiceRate,
     Withdraw,
 )
 from sidecar.clock import Clock
@@ -55,6 +56,8 @@ class AdmissionActor(pykka.ThreadingActor):
                 self._peers.batcher.tell(message)  # in order with the requests it passed on
             case QueueReleased(by_stream):
                 self._core.released(by_stream, self._clock.now())
+            case ServiceRate(per_s):
+                self._core.service_rate(per_s)
             case Drain():
                 self._core.drain()
             case Connect(peers):

@@ -1,7 +1,9 @@
 """Batcher actor: drives the batcher state machine and carries out its actions.
 
 It owns the one timer the core asks for (the timer fires into this actor's
-inbox) and has executors replaced when the core says so.
+inbox: batch windows, deadlines, the hang watchdog and reload backoff all use
+it), has executors replaced when the core says so, tells admission what the core
+estimates it can serve, and calls `on_fatal` when the core gives up.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from actors.messages import (
     ExecutorDown,
     ExecutorFree,
     ExecutorLoaded,
+    ExecutorLoadFailed,
+    ExecutorReleased,
     ExecutorUp,
     FailRequests,
     GetSnapshot,
@@ -26,6 +30,7 @@ from actors.messages import (
     QueueDepth,
     QueueReleased,
     RequestsAdmitted,
+    ServiceRate,
     TimerFired,
     Withdraw,
 )
@@ -33,6 +38,7 @@ from sidecar.backends.base import BackendInfo
 from sidecar.clock import Clock
 from sidecar.core.status import Code, Failure
 from sidecar.core.batcher import (
+    Action,
     ArmTimer,
     Batcher,
     BatcherError,
@@ -40,6 +46,9 @@ from sidecar.core.batcher import (
     CapacityChanged,
     Drained,
     Event,
+    ExecutorGivenUp,
+    Fatal,
+    ReloadScheduled,
     ReplaceExecutor,
 )
 
@@ -56,13 +65,16 @@ class BatcherActor(pykka.ThreadingActor):
         info: BackendInfo,
         on_drained: Callable[[], None] = lambda: None,
         on_capacity: Callable[[int], None] = lambda up: None,
+        on_fatal: Callable[[str], None] = lambda reason: None,
     ) -> None:
         super().__init__()
         self._core = Batcher(limits)
+        self._limits = limits
         self._clock = clock
         self._info = info  # what every replacement must load
         self._on_drained = on_drained
         self._on_capacity = on_capacity
+        self._on_fatal = on_fatal
         self._peers: Peers | None = None
         self._timer = clock.timer(self._timer_fired)
         self._reported_depth = 0
@@ -79,7 +91,16 @@ class BatcherActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case RequestsAdmitted() | TimerFired() | ExecutorFree() | ExecutorDown() | Withdraw() | Drain():
+            case (
+                RequestsAdmitted()
+                | TimerFired()
+                | ExecutorFree()
+                | ExecutorDown()
+                | ExecutorLoadFailed()
+                | ExecutorReleased()
+                | Withdraw()
+                | Drain()
+            ):
                 self._step(message)
             case ExecutorLoaded(executor, incarnation, info, error):
                 self._loaded(executor, incarnation, info, error)
@@ -91,6 +112,9 @@ class BatcherActor(pykka.ThreadingActor):
                     "queue_depth": self._core.queue_depth,
                     "inflight_batches": self._core.inflight_batches,
                     "executors_up": self._core.executors_up,
+                    "executor_phases": tuple(p.name for p in self._core.executor_phases),
+                    "stuck_hung": self._core.stuck_hung,
+                    "fatal": self._core.fatal_reason,
                 }
             case _:
                 log.error("batcher: unexpected message %r", message)
@@ -102,7 +126,7 @@ class BatcherActor(pykka.ThreadingActor):
             self._step(ExecutorUp(executor, incarnation))
             return
         why = error or "its model's inputs and outputs differ from the running model's"
-        log.error("batcher: replacement for backend instance %d failed to load: %s; it stays down", executor, why)
+        self._step(ExecutorLoadFailed(executor, incarnation, why))
 
     def _step(self, event: Event) -> None:
         peers = self._peers
@@ -119,25 +143,50 @@ class BatcherActor(pykka.ThreadingActor):
                 peers.session.tell(FailRequests(tuple((r, failure) for r in event.admitted.requests)))
             return
         for action in actions:
-            match action:
-                case DispatchBatch(executor=executor):
-                    peers.executors.ref(executor).tell(action)
-                case FailRequests():
-                    peers.session.tell(action)
-                case ArmTimer(at):
-                    self._timer.arm(at)
-                case QueueReleased():
-                    peers.admission.tell(action)
-                case ReplaceExecutor(executor, incarnation, reason):
-                    log.warning("batcher: replacing backend instance %d: %s", executor, reason)
-                    try:
-                        peers.executors.replace(executor, incarnation)
-                    except Exception:
-                        log.exception("batcher: backend instance %d cannot be replaced; it stays down", executor)
-                case CapacityChanged(up):
-                    self._on_capacity(up)
-                case Drained():
-                    self._on_drained()
+            try:
+                self._carry_out(action, peers)
+            except pykka.ActorDeadError:  # a peer has stopped: the pipeline is stopping
+                log.debug("batcher: %s not delivered, its receiver has stopped", type(action).__name__)
         if self._core.queue_depth != self._reported_depth:
             self._reported_depth = self._core.queue_depth
-            peers.metrics.tell(QueueDepth(self._reported_depth))
+            try:
+                peers.metrics.tell(QueueDepth(self._reported_depth))
+            except pykka.ActorDeadError:
+                pass
+
+    def _carry_out(self, action: Action, peers: Peers) -> None:
+        match action:
+            case DispatchBatch(executor=executor):
+                peers.executors.ref(executor).tell(action)
+            case FailRequests():
+                peers.session.tell(action)
+            case ArmTimer(at):
+                self._timer.arm(at)
+            case QueueReleased() | ServiceRate():
+                peers.admission.tell(action)
+            case ReplaceExecutor(executor, incarnation, reason):
+                log.warning("batcher: replacing backend instance %d: %s", executor, reason)
+                try:
+                    peers.executors.replace(executor, incarnation)
+                except Exception as e:  # counts as a failed load: the core decides what next
+                    log.exception("batcher: backend instance %d could not be started", executor)
+                    self.actor_ref.tell(ExecutorLoadFailed(executor, incarnation, f"{type(e).__name__}: {e}"))
+            case ReloadScheduled(executor, failed_loads, at, error):
+                log.error(
+                    "batcher: replacement for backend instance %d failed to load (%d of %d): %s; "
+                    "next attempt in %.1f s",
+                    executor, failed_loads, self._limits.reload_attempts, error, max(0.0, at - self._clock.now()),
+                )
+            case ExecutorGivenUp(executor, failed_loads, error):
+                log.error(
+                    "batcher: backend instance %d given up after %d failed loads (last: %s)",
+                    executor, failed_loads, error,
+                )
+                peers.executors.retire(executor)  # its last, failed, actor: nothing will come of it
+            case CapacityChanged(up):
+                self._on_capacity(up)
+            case Fatal(reason):
+                log.critical("batcher: fatal: %s", reason)
+                self._on_fatal(reason)
+            case Drained():
+                self._on_drained()

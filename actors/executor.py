@@ -8,13 +8,21 @@ Each executor has an incarnation number. When the batcher gives up on it (its
 backend hung past the backend timeout) the pool sets its `retired` event: from
 then on it drops whatever it finishes, since those requests were answered
 already. If the actor stops without being retired (it died), it tells the
-batcher, which answers what it held and has it replaced.
+batcher, which answers what it held and has it replaced. A retired one that
+stops tells the batcher ExecutorReleased once its backend is closed: for one
+given up on as hung, that is its call finally returning, and its thread, backend
+(and GPU context) being freed.
+
+A replacement is started with no backend, only the factory: it makes the
+instance and loads it in its own thread, on LoadBackend (a CUDA context belongs
+to the thread that made it; and a slow factory holds up no one else).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -29,6 +37,7 @@ from actors.messages import (
     ExecutorDown,
     ExecutorFree,
     ExecutorLoaded,
+    ExecutorReleased,
     LoadBackend,
     Peers,
 )
@@ -44,11 +53,22 @@ class ExecutorActor(pykka.ThreadingActor):
     # A hung backend call must not keep the process alive after shutdown.
     use_daemon_thread = True
 
-    def __init__(self, index: int, incarnation: int, backend: Backend, clock: Clock, retired: threading.Event) -> None:
+    def __init__(
+        self,
+        index: int,
+        incarnation: int,
+        backend: Backend | None,
+        clock: Clock,
+        retired: threading.Event,
+        make_backend: Callable[[], Backend] | None = None,
+    ) -> None:
         super().__init__()
+        if backend is None and make_backend is None:
+            raise ValueError("an executor needs a backend or a factory to make one")
         self._index = index
         self._incarnation = incarnation
         self._backend = backend
+        self._make_backend = make_backend
         self._clock = clock
         self._retired = retired
         self._spec: ModelSpec | None = None
@@ -69,26 +89,48 @@ class ExecutorActor(pykka.ThreadingActor):
 
     def _load(self, reply_to: pykka.ActorRef[Any] | None) -> BackendInfo | None:
         if reply_to is None:  # asked at start-up: the wiring waits for the answer
-            info = self._backend.load()
+            info = self._made().load()
             self._spec = info.spec
             return info
         try:
-            info = self._backend.load()
+            info = self._made().load()
             self._spec = info.spec
-            reply_to.tell(ExecutorLoaded(self._index, self._incarnation, info, None))
+            message = ExecutorLoaded(self._index, self._incarnation, info, None)
         except Exception as e:
-            log.exception("executor %d: replacement backend failed to load", self._index)
-            reply_to.tell(ExecutorLoaded(self._index, self._incarnation, None, f"{type(e).__name__}: {e}"))
+            log.warning("executor %d: replacement backend failed to load: %s: %s", self._index, type(e).__name__, e)
+            message = ExecutorLoaded(self._index, self._incarnation, None, f"{type(e).__name__}: {e}")
+        try:
+            reply_to.tell(message)
+        except pykka.ActorDeadError:
+            pass  # the pipeline is stopping
         return None
+
+    def _made(self) -> Backend:
+        """The backend, made here (in this thread) on first use if only a factory was given."""
+        if self._backend is None:
+            assert self._make_backend is not None
+            self._backend = self._make_backend()
+        return self._backend
 
     def on_stop(self) -> None:
         self._report_down(f"backend instance {self._index} stopped unexpectedly")
         self._close_backend()
+        self._report_released()
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         # Pykka stops an actor whose on_receive raised (on_stop is not called then).
         self._report_down(f"backend instance {self._index} stopped unexpectedly: {exception_value!r}")
         self._close_backend()
+        self._report_released()
+
+    def _report_released(self) -> None:
+        """A retired executor is done: its thread ends and its backend is closed."""
+        if not self._retired.is_set() or self._peers is None:
+            return
+        try:
+            self._peers.batcher.tell(ExecutorReleased(self._index, self._incarnation))
+        except pykka.ActorDeadError:
+            pass  # the whole pipeline is stopping
 
     def _report_down(self, reason: str) -> None:
         """Unless it was retired on purpose, the batcher must answer what it held."""
@@ -100,23 +142,25 @@ class ExecutorActor(pykka.ThreadingActor):
             pass  # the whole pipeline is stopping
 
     def _close_backend(self) -> None:
+        if self._backend is None:
+            return
         try:
             self._backend.close()
         except Exception:
             log.exception("executor %d: backend close failed", self._index)
 
     def _run(self, batch: DispatchBatch) -> None:
-        peers, spec = self._peers, self._spec
-        assert peers is not None and spec is not None, "Connect and LoadBackend must come first"
+        peers, spec, backend = self._peers, self._spec, self._backend
+        assert peers is not None and spec is not None and backend is not None, "Connect and LoadBackend must come first"
         requests = batch.requests
         started = self._clock.now()
         outputs = None
         try:
             inputs = join_inputs([r.inputs for r in requests], spec.inputs)
-            outputs = split_outputs(self._backend.infer(inputs), spec.outputs, len(requests))
+            outputs = split_outputs(backend.infer(inputs), spec.outputs, len(requests))
         except Exception as e:  # any backend error fails this batch, and only this batch
             log.warning("executor %d: batch %d failed: %s", self._index, batch.batch_id, e)
-            failure = Failure(Code.INTERNAL, f"backend {self._backend.name!r} failed: {type(e).__name__}: {e}")
+            failure = Failure(Code.INTERNAL, f"backend {backend.name!r} failed: {type(e).__name__}: {e}")
         if self._retired.is_set():
             return  # given up on while it ran: its requests were answered DEADLINE_EXCEEDED
         completed_at = self._clock.now()

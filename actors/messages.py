@@ -8,7 +8,9 @@ into a twin class.
 Flow:  ingress -RequestsReceived-> session -AdmitRequests-> admission
        admission -RequestsAdmitted-> batcher -DispatchBatch-> executor
        executor -BatchSucceeded / BatchFailed-> session -> ingress (the event loop)
-       executor -ExecutorFree-> batcher -QueueReleased-> admission
+       executor -ExecutorFree-> batcher -QueueReleased, ServiceRate-> admission
+       executor -ExecutorLoaded, ExecutorDown, ExecutorReleased-> batcher
+       batcher -ReplaceExecutor-> executor pool -LoadBackend-> a new executor
        anyone -FailRequests-> session;  session -Withdraw-> admission -> batcher
        session, executor, batcher, ingress -> metrics (OutcomesCounted, BatchExecuted,
        QueueDepth, ResponsesWritten, AnswersDropped)
@@ -28,10 +30,13 @@ from sidecar.core.batcher import (
     Drain,
     ExecutorDown,
     ExecutorFree,
+    ExecutorLoadFailed,
+    ExecutorReleased,
     ExecutorUp,
     FailRequests,
     QueueReleased,
     RequestsAdmitted,
+    ServiceRate,
     TimerFired,
     Withdraw,
 )
@@ -56,7 +61,9 @@ __all__ = [
     "Drain",
     "ExecutorDown",
     "ExecutorFree",
+    "ExecutorLoadFailed",
     "ExecutorLoaded",
+    "ExecutorReleased",
     "ExecutorUp",
     "FailRequests",
     "GetCounts",
@@ -69,6 +76,7 @@ __all__ = [
     "RequestsAdmitted",
     "RequestsReceived",
     "ResponsesWritten",
+    "ServiceRate",
     "StreamClosed",
     "StreamInput",
     "TimerFired",
@@ -217,8 +225,9 @@ class GetSnapshot:
 @dataclass(frozen=True, slots=True)
 class LoadBackend:
     """The executor loads its backend in its own thread (CUDA contexts belong to the
-    thread that made them). Asked at start-up, it answers with its BackendInfo; a
-    replacement is told, and reports to `reply_to` with ExecutorLoaded."""
+    thread that made them); a replacement also makes its backend there, with the
+    factory it was started with. Asked at start-up, it answers with its BackendInfo;
+    a replacement is told, and reports to `reply_to` with ExecutorLoaded."""
 
     reply_to: pykka.ActorRef[Any] | None = None
 

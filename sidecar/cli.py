@@ -6,7 +6,10 @@
 
 Every key of docs/configuration.md is a flag: `sidecar.batch.max-size` is
 `--batch-max-size`. SIGTERM or SIGINT drains (see docs/operations.md); a second
-signal exits at once.
+signal exits at once. A fatal fault (more hung backend instances than
+`sidecar.backend.max-hung`, or every instance given up after
+`sidecar.backend.reload-attempts` failed loads) answers what is in flight
+UNAVAILABLE and exits 4, so that the orchestrator restarts the sidecar.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ log = logging.getLogger("sidecar")
 EXIT_USAGE = 2
 EXIT_SECOND_SIGNAL = 1
 EXIT_LOAD_FAILED = 3
+EXIT_FATAL = 4  # the sidecar cannot recover in-process: restart it
+# After a fatal fault, how long the UNAVAILABLE answers get to be written before the stop.
+FATAL_DRAIN_S = 2.0
 
 
 def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -93,13 +99,23 @@ async def _serve(loaded: Loaded) -> int:
     print(f"gpu-sidecar {__version__} serving {config.backend!r} on {server.address} "
           f"(health http://0.0.0.0:{server.health_port}/health{metrics})", flush=True)
     loading = asyncio.ensure_future(server.load())
-    await asyncio.wait([loading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and loading.exception() is not None:
+        stopping.cancel()
         await server.stop()
         raise loading.exception()  # type: ignore[misc]
-    await stop.wait()
+    failing = asyncio.ensure_future(server.wait_fatal())
+    await asyncio.wait([stopping, failing], return_when=asyncio.FIRST_COMPLETED)
     if not loading.done():
         loading.cancel()
+    if failing.done() and not stopping.done():
+        stopping.cancel()
+        reason = failing.result()
+        await server.drain(FATAL_DRAIN_S)
+        print(f"gpu-sidecar: fatal: {reason}; exiting with code {EXIT_FATAL} so that it is restarted", file=sys.stderr)
+        return EXIT_FATAL
+    failing.cancel()
     await server.drain()
     return 0
 

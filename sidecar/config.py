@@ -153,7 +153,15 @@ class SidecarConfig:
 
     def batch_limits(self, backend_max_batch: int | None = None) -> BatchLimits:
         size = self.max_batch_size if backend_max_batch is None else min(self.max_batch_size, backend_max_batch)
-        return BatchLimits(size, self.batch_timeout_s, self.instances, self.max_inflight_batches, self.backend_timeout_s)
+        return BatchLimits(
+            size,
+            self.batch_timeout_s,
+            self.instances,
+            self.max_inflight_batches,
+            self.backend_timeout_s,
+            max_hung=self.max_hung,
+            reload_attempts=self.reload_attempts,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,3 +31,13 @@ def test_infer_exits_2_when_no_sidecar_answers():
     done = gpu_sidecar("infer", "--endpoint", "127.0.0.1:1")
     assert done.returncode == 2
     assert "cannot reach the sidecar at 127.0.0.1:1: UNAVAILABLE" in done.stderr
+
+
+def test_every_exit_code_of_the_cli_is_in_the_operations_table():
+    from sidecar import cli
+
+    codes = {name: value for name, value in vars(cli).items() if name.startswith("EXIT_")}
+    assert codes["EXIT_FATAL"] == 4
+    table = (ROOT / "docs" / "operations.md").read_text().split("## Exit codes", 1)[1]
+    documented = {int(line.split("|")[1]) for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()}
+    assert set(codes.values()) <= documented, (codes, documented)

@@ -4,7 +4,10 @@ Rules (everything that decides admission lives here):
 - A request is admitted while the queue holds fewer than `max_queue_length`
   requests and its stream fewer than `max_per_stream`; otherwise it is rejected
   RESOURCE_EXHAUSTED, with the depth and the limit in the message and a retry
-  hint derived from the rate the queue has been draining.
+  hint: depth / the rate the queue has been draining; before the first drain-rate
+  sample, depth / the batcher's service-rate estimate (batch size x executors up /
+  compute estimate, or / the batch window before any batch was timed); with
+  neither, the max queue wait. Always within [MIN_RETRY_AFTER_S, max queue wait].
 - An admitted request must leave the queue by its queue deadline (admission +
   `max_queue_wait`); the batcher enforces that, and the request's own deadline.
 - While draining, every request is rejected UNAVAILABLE.
@@ -62,6 +65,7 @@ class Admission:
         self._rate: float | None = None  # items released per second, smoothed
         self._last_release: float | None = None
         self._released_since = 0
+        self._service_rate: float | None = None  # the batcher's estimate, items per second
 
     @property
     def depth(self) -> int:
@@ -109,12 +113,17 @@ class Admission:
     def drain(self) -> None:
         self._draining = True
 
+    def service_rate(self, per_s: float | None) -> None:
+        """The batcher's estimate of how many requests a second it can serve now."""
+        self._service_rate = per_s
+
     def retry_after_s(self) -> float:
         """Roughly how long until the queue has room again, bounded by the max wait."""
         limit = self._limits.max_queue_wait_s
-        if not self._rate:
+        rate = self._rate or self._service_rate  # measured, else estimated
+        if not rate:
             return limit
-        return min(limit, max(MIN_RETRY_AFTER_S, self._depth / self._rate))
+        return min(limit, max(MIN_RETRY_AFTER_S, self._depth / rate))
 
     def _observe_rate(self, left: int, now: float) -> None:
         """Smooths the drain rate over intervals of at least a millisecond."""

@@ -1,49 +1,85 @@
 """Batcher: decides when, and what, to dispatch to the executors.
 
 Everything that affects a transition lives in this module (with the queue in
-fair_queue.py and executor bookkeeping in executors.py). The state is derived
-from the queue and two flags, never stored on its own:
+fair_queue.py, and executor bookkeeping in executors.py: slots, replacements,
+reload backoff, hung instances still stuck). The state is derived from the queue
+and three flags, never stored on its own:
 
     IDLE        nothing queued, not draining
     COLLECTING  requests queued; waiting for a full batch, the window, or a free executor
     DRAINING    drain asked; queued requests go out as soon as executors have room
-    CLOSED      drained: nothing queued, no batch in flight; the final state
+    CLOSED      drained: nothing queued, no batch in flight; final
+    FAILED      fatal: more hung instances stuck than max_hung, or no instance up and
+                none that can come back; all queued and arriving requests are answered
+                UNAVAILABLE and the shell ends the process; final
 
 Transition table (event -> next state; actions in brackets: D = DispatchBatch,
-F = FailRequests, R = ReplaceExecutor; ArmTimer, QueueReleased and
-CapacityChanged follow any step that changes what they report):
+F = FailRequests, R = ReplaceExecutor, X = Fatal; ArmTimer, QueueReleased,
+CapacityChanged, ServiceRate, ReloadScheduled and ExecutorGivenUp follow any step
+that changes what they report; CapacityChanged comes first, before the failures a
+lost executor causes, so that readiness turns before clients hear of them).
+Down = ExecutorDown, Up = ExecutorUp, LoadFailed = ExecutorLoadFailed,
+Released = ExecutorReleased:
 
-    state \\ event  RequestsAdmitted  TimerFired       ExecutorFree     ExecutorDown     ExecutorUp       Withdraw         Drain
-    IDLE           COLLECTING|IDLE   COLLECTING|IDLE  IDLE             IDLE [F, R]      IDLE             IDLE             DRAINING|CLOSED
-                   [D, F]            [F, R] (*)
-    COLLECTING     COLLECTING|IDLE   COLLECTING|IDLE  COLLECTING|IDLE  COLLECTING|IDLE  COLLECTING|IDLE  COLLECTING|IDLE  DRAINING|CLOSED
-                   [D, F]            [D, F, R]        [D, F]           [F, R]           [D, F]           [F]              [D, F]
-    DRAINING       DRAINING [D, F]   DRAINING|CLOSED  DRAINING|CLOSED  DRAINING|CLOSED  DRAINING|CLOSED  DRAINING|CLOSED  DRAINING
-                                     [D, F, R]        [D, F]           [F, R]           [D, F]           [F]
-    CLOSED         CLOSED [F]        CLOSED           BatcherError     CLOSED           CLOSED           CLOSED           CLOSED
+    state \\ event  RequestsAdmitted  TimerFired        ExecutorFree      Down              Up                LoadFailed        Released          Withdraw          Drain
+    IDLE           COLLECTING|IDLE   COLLECTING|IDLE   IDLE              IDLE|FAILED       IDLE              IDLE|FAILED       IDLE              IDLE              DRAINING|CLOSED
+                   [D, F]            |FAILED           (*)               [F, R, X]                           [X]
+                                     [D, F, R, X] (**)
+    COLLECTING     COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   DRAINING|CLOSED
+                   [D, F]            |FAILED           [D, F]            |FAILED           [D, F]            |FAILED [F, X]    [F]               [F]               [D, F]
+                                     [D, F, R, X]                        [D, F, R, X]
+    DRAINING       DRAINING [D, F]   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING
+                                     |FAILED           [D, F]            |FAILED           [D, F]            |FAILED [F, X]    [F]               [F]
+                                     [D, F, R, X]                        [D, F, R, X]
+    CLOSED         CLOSED [F]        CLOSED            BatcherError      CLOSED            CLOSED            CLOSED            CLOSED            CLOSED            CLOSED
+    FAILED         FAILED [F]        FAILED            FAILED|BatcherError FAILED          FAILED            FAILED            FAILED            FAILED            FAILED
 
-(*) IDLE means nothing queued, but batches may be in flight: a hung executor's
-waiting batches go back to the queue (COLLECTING) when the watchdog takes it down.
+(*) ExecutorFree is a BatcherError in any state when the executor has no batch in
+flight (see below). (**) IDLE means nothing queued, but batches may be in flight:
+a hung executor's waiting batches go back to the queue (COLLECTING) when the
+watchdog takes it down. In IDLE and COLLECTING, RequestsAdmitted's F includes the
+UNAVAILABLE answer given at once when no executor is up (rule 5).
 
-After every event, in this order:
+After every event, in this order (CLOSED and FAILED skip them all):
 1. watchdog: an executor whose current batch has run for the backend timeout is
-   taken down: that batch fails DEADLINE_EXCEEDED, the batches waiting behind it
-   go back to the head of the queue, and a replacement is asked for (R);
-2. expire: a request whose queue deadline (admission + max queue wait) or own
+   taken down as hung: that batch fails DEADLINE_EXCEEDED, the batches waiting
+   behind it go back to the head of the queue, and a replacement is asked for
+   (R). The hung instance counts as stuck (it still holds a thread and a backend)
+   until ExecutorReleased says its call returned and its actor stopped;
+2. reload: a replacement whose load failed (LoadFailed, or Down while loading) is
+   tried again after executors.reload_delay_s (0.5 s, doubling, at most 30 s), as
+   a fresh R under a new incarnation; after `reload_attempts` failed loads in a
+   row the instance is given up for good;
+3. fatal: with more than `max_hung` instances stuck, or no instance up and none
+   loading or waiting to reload, the batcher turns FAILED: everything queued fails
+   UNAVAILABLE, the R of this step is withdrawn, and Fatal(reason) (X) is answered
+   once;
+4. expire: a request whose queue deadline (admission + max queue wait) or own
    deadline (receipt + client timeout) has come is failed DEADLINE_EXCEEDED;
-3. dispatch, while an executor is up and has a free slot, when
+5. no executor up: every queued request fails UNAVAILABLE at once ("no backend
+   instance is up"), with a retry hint (until the next reload is due), instead
+   of waiting to expire;
+6. dispatch, while an executor is up and has a free slot, when
 
        draining  or  queued >= max_batch_size  or  now >= oldest.enqueued_at + window
        or  some request must leave now to finish by its deadline (deadline - estimate <= now)
 
    taking urgent requests first (earliest deadline first), then one request per
-   stream in turn (fair_queue.py);
-4. a request that can no longer finish by its deadline (deadline - estimated
+   stream in turn (fair_queue.py). A slot behind other batches on a busy executor
+   takes only requests that can finish from it,
+
+       deadline >= start + estimate,  start = now + max(0, batches ahead x estimate
+                                                         - how long the running one has run)
+
+   (urgency alone does not make such a slot ready); the rest stay queued, for an
+   idle executor or for rule 7;
+7. a request that can no longer finish by its deadline (deadline - estimated
    compute time has passed) is failed DEADLINE_EXCEEDED instead of wasting compute.
 
-ExecutorFree from an executor's old incarnation (it was replaced) is ignored; one
-from the current incarnation with no batch in flight is illegal: it raises
-BatcherError and leaves the state as it was. See docs/architecture.md.
+ExecutorFree, ExecutorUp and ExecutorLoadFailed from an old incarnation (it was
+replaced) are ignored; an ExecutorFree from the current incarnation with no batch
+in flight is illegal: it raises BatcherError and leaves the state as it was. See
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -53,14 +89,16 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
-from sidecar.core.admission import Admitted
-from sidecar.core.executors import ExecutorSlots, InFlight
+from sidecar.core.admission import MIN_RETRY_AFTER_S, Admitted
+from sidecar.core.executors import RELOAD_BACKOFF_S, ExecutorSlots, InFlight, Phase
 from sidecar.core.fair_queue import Entry, FairQueue
 from sidecar.core.request import Request, RequestKey
 from sidecar.core.status import Code, Failure
 
 # Weight of the newest compute-time sample in the running estimate.
 _ESTIMATE_SMOOTHING = 0.2
+# The service rate is reported again when it has moved by more than this fraction.
+_RATE_REPORT_STEP = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +108,8 @@ class BatchLimits:
     executors: int
     max_inflight_per_executor: int
     backend_timeout_s: float = math.inf  # a batch running longer than this is declared hung
+    max_hung: int = 2  # hung instances still stuck that are tolerated; one more is fatal
+    reload_attempts: int = 5  # loads tried for a replacement before it is given up
 
 
 class State(Enum):
@@ -77,6 +117,7 @@ class State(Enum):
     COLLECTING = "COLLECTING"
     DRAINING = "DRAINING"
     CLOSED = "CLOSED"
+    FAILED = "FAILED"
 
 
 class BatcherError(RuntimeError):
@@ -123,6 +164,24 @@ class ExecutorUp:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutorLoadFailed:
+    """A replacement could not be made, started or loaded (or loaded another model)."""
+
+    executor: int
+    incarnation: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorReleased:
+    """A retired executor's actor has stopped: its thread is done, its backend closed.
+    For one given up on as hung, this is its backend call finally returning."""
+
+    executor: int
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
 class Withdraw:
     """Remove these requests if still queued (their client has gone, or cancelled them)."""
 
@@ -135,7 +194,17 @@ class Drain:
     pass
 
 
-Event = RequestsAdmitted | TimerFired | ExecutorFree | ExecutorDown | ExecutorUp | Withdraw | Drain
+Event = (
+    RequestsAdmitted
+    | TimerFired
+    | ExecutorFree
+    | ExecutorDown
+    | ExecutorUp
+    | ExecutorLoadFailed
+    | ExecutorReleased
+    | Withdraw
+    | Drain
+)
 
 
 # ---- actions ------------------------------------------------------------------------
@@ -177,8 +246,43 @@ class ReplaceExecutor:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadScheduled:
+    """A replacement's load failed `failed_loads` times in a row; the next is tried at `at`."""
+
+    executor: int
+    failed_loads: int
+    at: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorGivenUp:
+    """A replacement failed to load `failed_loads` times in a row: it never comes back."""
+
+    executor: int
+    failed_loads: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class CapacityChanged:
     executors_up: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRate:
+    """Requests a second the executors up can take, as the batcher estimates it: batch
+    size x executors up / compute estimate, or / the window before any batch was timed.
+    None when it cannot tell (no batch timed yet and no window)."""
+
+    per_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """The sidecar cannot recover in-process: it must say so and exit."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,24 +290,44 @@ class Drained:
     pass
 
 
-Action = DispatchBatch | FailRequests | ArmTimer | QueueReleased | ReplaceExecutor | CapacityChanged | Drained
+Action = (
+    DispatchBatch
+    | FailRequests
+    | ArmTimer
+    | QueueReleased
+    | ReplaceExecutor
+    | ReloadScheduled
+    | ExecutorGivenUp
+    | CapacityChanged
+    | ServiceRate
+    | Fatal
+    | Drained
+)
 
 
 class Batcher:
     def __init__(self, limits: BatchLimits) -> None:
         if limits.max_batch_size < 1 or limits.executors < 1 or limits.max_inflight_per_executor < 1:
             raise ValueError(f"batch size, executors and in-flight batches must be >= 1: {limits}")
+        if limits.max_hung < 0 or limits.reload_attempts < 1:
+            raise ValueError(f"max_hung must be >= 0 and reload_attempts >= 1: {limits}")
         self._limits = limits
         self._queue = FairQueue()
         self._slots = ExecutorSlots(limits.executors, limits.max_inflight_per_executor)
         self._draining = False
         self._closed = False
+        self._fatal: str | None = None
         self._released: Counter[int] = Counter()
         self._armed: float | None = None
         self._reported_up = limits.executors
+        self._reported_rate: float | None = None
+        self._rate_reported = False
         self._next_batch_id = 0
         self._estimate_s = 0.0
         self._batches_timed = 0
+        # Set by dispatch when a batch was due but no queued request could finish
+        # from the free slot: the window then cannot wake anything until an event.
+        self._slot_blocked = False
 
     # ---- queries ----------------------------------------------------------------------
 
@@ -211,6 +335,8 @@ class Batcher:
     def state(self) -> State:
         if self._closed:
             return State.CLOSED
+        if self._fatal is not None:
+            return State.FAILED
         if self._draining:
             return State.DRAINING
         return State.COLLECTING if len(self._queue) else State.IDLE
@@ -231,16 +357,36 @@ class Batcher:
         return self._slots.up_count
 
     @property
+    def executor_phases(self) -> tuple[Phase, ...]:
+        return self._slots.phases
+
+    @property
+    def stuck_hung(self) -> int:
+        """Instances given up on as hung whose backend call has not returned."""
+        return self._slots.stuck_count
+
+    @property
+    def fatal_reason(self) -> str | None:
+        return self._fatal
+
+    @property
     def compute_estimate_s(self) -> float:
         return self._estimate_s
 
+    def service_rate(self) -> float | None:
+        """Requests a second the executors up can take (see ServiceRate)."""
+        estimate = self._estimate_s if self._batches_timed else None
+        return estimated_service_rate(self._limits, self._slots.up_count, estimate)
+
     def next_deadline(self) -> float | None:
         """When the batcher next needs a TimerFired, or None if it does not."""
-        q = self._queue
-        candidates = [self._slots.next_hang_check(self._limits.backend_timeout_s)]
+        if self._closed or self._fatal is not None:
+            return None
+        q, slots = self._queue, self._slots
+        candidates = [slots.next_hang_check(self._limits.backend_timeout_s), slots.next_reload()]
         if len(q):
             candidates += [q.earliest_queue_deadline(), q.earliest_deadline() - self._estimate_s]
-            if self._slots.free_slot() is not None:
+            if slots.free_slot() is not None and not self._slot_blocked:
                 candidates.append(q.oldest_enqueued_at() + self._limits.batch_timeout_s)
         at = min(candidates)
         return None if at == math.inf else at
@@ -249,6 +395,8 @@ class Batcher:
 
     def handle(self, event: Event, now: float) -> list[Action]:
         actions: list[Action] = []
+        live = not self._closed and self._fatal is None
+        slots = self._slots
         match event:
             case RequestsAdmitted(admitted):
                 self._enqueue(admitted, now, actions)
@@ -260,33 +408,48 @@ class Batcher:
             case ExecutorFree(executor, incarnation, compute_s):
                 self._executor_free(executor, incarnation, compute_s, now)
             case ExecutorDown(executor, incarnation, reason):
-                if not self._closed and self._slots.is_current(executor, incarnation) and self._slots.is_up(executor):
-                    self._take_down(executor, reason, Failure(Code.INTERNAL, reason), requeue_waiting=False, actions=actions)
+                if live and slots.is_current(executor, incarnation):
+                    if slots.is_up(executor):
+                        failure = Failure(Code.INTERNAL, reason)
+                        self._take_down(executor, reason, failure, hung=False, requeue_waiting=False, actions=actions)
+                    elif slots.is_loading(executor):
+                        self._load_failed(executor, f"its executor stopped while loading: {reason}", now, actions)
             case ExecutorUp(executor, incarnation):
-                if self._slots.is_current(executor, incarnation):
-                    self._slots.bring_up(executor)
+                if live and slots.is_current(executor, incarnation) and slots.is_loading(executor):
+                    slots.bring_up(executor)
+            case ExecutorLoadFailed(executor, incarnation, error):
+                if live and slots.is_current(executor, incarnation) and slots.is_loading(executor):
+                    self._load_failed(executor, error, now, actions)
+            case ExecutorReleased(executor, incarnation):
+                slots.release(executor, incarnation)
             case Withdraw(keys, reason):
                 self._withdraw(keys, reason, actions)
             case Drain():
                 self._draining = True
             case _:
                 raise BatcherError(f"unknown event {event!r}")
-        if not self._closed:
+        if live:
             self._watchdog(now, actions)  # first: what it puts back may have expired meanwhile
-            self._expire(now, actions)
-            self._dispatch(now, actions)
-            self._fail_hopeless(now, actions)
-            if self._draining and not len(self._queue) and not self._slots.any_inflight():
-                self._closed = True
-                actions.append(Drained())
+            self._reload(now, actions)
+            if not self._check_fatal(actions):
+                self._expire(now, actions)
+                self._fail_unserved(now, actions)
+                self._dispatch(now, actions)
+                self._fail_hopeless(now, actions)
+                if self._draining and not len(self._queue) and not slots.any_inflight():
+                    self._closed = True
+                    actions.append(Drained())
         self._report(actions)
         return actions
 
     # ---- transitions ------------------------------------------------------------------
 
     def _enqueue(self, admitted: Admitted, now: float, actions: list[Action]) -> None:
-        if self._closed:
-            failure = Failure(Code.UNAVAILABLE, "server has drained and accepts no new requests")
+        if self._closed or self._fatal is not None:
+            if self._fatal is not None:
+                failure = Failure(Code.UNAVAILABLE, f"the sidecar is exiting after a fatal fault: {self._fatal}")
+            else:
+                failure = Failure(Code.UNAVAILABLE, "server has drained and accepts no new requests")
             self._fail([(r, failure) for r in admitted.requests], actions)
             return
         duplicates: list[tuple[Request, Failure]] = []
@@ -329,14 +492,15 @@ class Batcher:
                 f"the backend gave no answer within the backend timeout of {timeout:g} s "
                 f"(instance {executor}); the instance is being replaced"
             )
-            self._take_down(executor, reason, Failure(Code.DEADLINE_EXCEEDED, reason), requeue_waiting=True, actions=actions)
+            failure = Failure(Code.DEADLINE_EXCEEDED, reason)
+            self._take_down(executor, reason, failure, hung=True, requeue_waiting=True, actions=actions)
 
     def _take_down(
-        self, executor: int, reason: str, failure: Failure, *, requeue_waiting: bool, actions: list[Action]
+        self, executor: int, reason: str, failure: Failure, *, hung: bool, requeue_waiting: bool, actions: list[Action]
     ) -> None:
         """Fails the batch the executor was running; the ones waiting behind it go
         back to the queue (or fail too, if the executor died and took them along)."""
-        incarnation, held = self._slots.take_down(executor)
+        incarnation, held = self._slots.take_down(executor, hung=hung)
         running, waiting = held[:1], held[1:]
         if requeue_waiting and waiting:
             back = [e for b in waiting for e in b.entries]
@@ -347,25 +511,95 @@ class Batcher:
         self._fail([(e.request, failure) for b in running + waiting for e in b.entries], actions, released=False)
         actions.append(ReplaceExecutor(executor, incarnation, reason))
 
+    def _load_failed(self, executor: int, error: str, now: float, actions: list[Action]) -> None:
+        attempts = self._limits.reload_attempts
+        retry_at = self._slots.load_failed(executor, now, attempts, error)
+        failed = self._slots.failed_loads(executor)
+        if retry_at is None:
+            actions.append(ExecutorGivenUp(executor, failed, error))
+        else:
+            actions.append(ReloadScheduled(executor, failed, retry_at, error))
+
+    def _reload(self, now: float, actions: list[Action]) -> None:
+        attempts = self._limits.reload_attempts
+        for executor in self._slots.due_reloads(now):
+            error = self._slots.last_error(executor)
+            incarnation, attempt = self._slots.start_reload(executor)
+            reason = (
+                f"retrying the load of backend instance {executor} (attempt {attempt} of {attempts}); "
+                f"the last one failed: {error}"
+            )
+            actions.append(ReplaceExecutor(executor, incarnation, reason))
+
+    def _check_fatal(self, actions: list[Action]) -> bool:
+        """Rule 3: turns FAILED, answering what is queued, when nothing can recover."""
+        limits, slots = self._limits, self._slots
+        if slots.stuck_count > limits.max_hung:
+            reason = (
+                f"{slots.stuck_count} backend instance(s) given up on as hung have not returned from their calls, "
+                f"more than sidecar.backend.max-hung ({limits.max_hung}); a wedged backend cannot be "
+                "recovered in-process"
+            )
+        elif slots.up_count == 0 and slots.coming_back == 0:
+            errors = "; ".join(
+                f"instance {i}: {slots.last_error(i)}" for i, p in enumerate(slots.phases) if p is Phase.GIVEN_UP
+            )
+            reason = (
+                f"no backend instance is up and none can come back: each failed to load "
+                f"{limits.reload_attempts} time(s) in a row ({errors})"
+            )
+        else:
+            return False
+        self._fatal = reason
+        actions[:] = [a for a in actions if not isinstance(a, ReplaceExecutor)]  # no new instance: we exit
+        failure = Failure(Code.UNAVAILABLE, f"the sidecar is exiting after a fatal fault: {reason}")
+        self._fail([(e.request, failure) for e in self._queue.pop_all()], actions)
+        actions.append(Fatal(reason))
+        return True
+
+    def _fail_unserved(self, now: float, actions: list[Action]) -> None:
+        """Rule 5: with no executor up, nothing waits for one."""
+        if self._slots.up_count or not len(self._queue):
+            return
+        slots = self._slots
+        phases = slots.phases
+        soonest = [slots.next_reload() - now]
+        if Phase.LOADING in phases:
+            soonest.append(RELOAD_BACKOFF_S)  # a load is under way; its length is unknown
+        retry = max(MIN_RETRY_AFTER_S, min(soonest))
+        failure = Failure(
+            Code.UNAVAILABLE,
+            f"no backend instance is up ({slots.coming_back} of {len(phases)} being reloaded); "
+            f"retry after {retry * 1000:.1f} ms",
+            retry_after_s=retry,
+        )
+        self._fail([(e.request, failure) for e in self._queue.pop_all()], actions)
+
     def _dispatch(self, now: float, actions: list[Action]) -> None:
-        limits, q = self._limits, self._queue
+        limits, q, slots = self._limits, self._queue, self._slots
+        self._slot_blocked = False
         while len(q):
-            executor = self._slots.free_slot()
+            executor = slots.free_slot()
             if executor is None:
                 return
             lead = self._estimate_s  # a request must leave this long before its deadline
+            busy = slots.has_inflight(executor)  # the batch would wait behind others
             ready = (
                 self._draining
                 or len(q) >= limits.max_batch_size
                 or now >= q.oldest_enqueued_at() + limits.batch_timeout_s
-                or q.earliest_deadline() - lead <= now
+                or (not busy and q.earliest_deadline() - lead <= now)
             )
             if not ready:
                 return
-            entries = q.take(limits.max_batch_size, now, lead)
+            finish_by = slots.estimated_start(executor, now, lead) + lead if busy else -math.inf
+            entries = q.take(limits.max_batch_size, now, lead, finish_by)
+            if not entries:
+                self._slot_blocked = True  # nothing queued can finish from this slot
+                return
             batch_id = self._next_batch_id
             self._next_batch_id += 1
-            self._slots.dispatch(executor, InFlight(batch_id, entries, now, None), now)
+            slots.dispatch(executor, InFlight(batch_id, entries, now, None), now)
             for e in entries:
                 self._released[e.request.stream] += 1
             actions.append(
@@ -389,7 +623,7 @@ class Batcher:
                     Failure(
                         Code.DEADLINE_EXCEEDED,
                         f"request can no longer finish by its deadline: {(e.deadline - now) * 1000:.1f} ms left, "
-                        f"a batch takes about {estimate * 1000:.1f} ms and no executor is free",
+                        f"a batch takes about {estimate * 1000:.1f} ms and no executor can start it in time",
                     ),
                 )
                 for e in hopeless
@@ -415,11 +649,39 @@ class Batcher:
         up = self._slots.up_count
         if up != self._reported_up:
             self._reported_up = up
-            actions.append(CapacityChanged(up))
+            # First: readiness should turn before clients hear of the failures the loss caused.
+            actions.insert(0, CapacityChanged(up))
+        rate = self.service_rate()
+        if not self._rate_reported or _moved(rate, self._reported_rate):
+            self._rate_reported, self._reported_rate = True, rate
+            actions.append(ServiceRate(rate))
         deadline = self.next_deadline()
         if deadline != self._armed:
             self._armed = deadline
             actions.append(ArmTimer(deadline))
+
+
+def estimated_service_rate(limits: BatchLimits, executors_up: int, estimate_s: float | None) -> float | None:
+    """Requests a second: batch size x executors up / compute estimate; before any batch
+    was timed (`estimate_s` None), / the batch window; None if that is zero too."""
+    per_batch_s = limits.batch_timeout_s if estimate_s is None else estimate_s
+    if estimate_s is None and per_batch_s <= 0:
+        return None
+    if executors_up == 0:
+        return 0.0
+    if per_batch_s <= 0:
+        return math.inf
+    return limits.max_batch_size * executors_up / per_batch_s
+
+
+def _moved(new: float | None, old: float | None) -> bool:
+    if new is None or old is None:
+        return new is not old
+    if new == old:
+        return False
+    if math.isinf(new) or math.isinf(old) or old == 0 or new == 0:
+        return True
+    return abs(new - old) > _RATE_REPORT_STEP * max(new, old)
 
 
 def _expired(entry: Entry, now: float) -> Failure:

@@ -136,6 +136,19 @@ class FairQueue:
             self._turns.remove(key[0])
         return entry
 
+    def pop_all(self) -> list[Entry]:
+        """Removes and returns every entry, oldest first per stream, streams in turn order."""
+        gone = [e for stream_id in self._turns for e in self._streams[stream_id].values()]
+        for e in gone:
+            if e.group is not None:
+                e.group.queued -= 1
+        self._entries.clear()
+        self._streams.clear()
+        self._turns.clear()
+        self._by_queue_deadline.clear()
+        self._by_deadline.clear()
+        return gone
+
     def oldest_enqueued_at(self) -> float:
         """Of the requests at the heads of the streams: the oldest in the queue."""
         return min((next(iter(s.values())).enqueued_at for s in self._streams.values()), default=math.inf)
@@ -170,9 +183,15 @@ class FairQueue:
         """Removes and returns every entry with `deadline - lead <= now`."""
         return self._pop_while(self._by_deadline, now, lead=lead)
 
-    def take(self, n: int, now: float, lead: float) -> list[Entry]:
+    def take(self, n: int, now: float, lead: float, finish_by: float = -math.inf) -> list[Entry]:
         """Up to `n` entries: the urgent ones (`deadline - lead <= now`) first, earliest
-        deadline first, then one per stream in turn."""
+        deadline first, then one per stream in turn.
+
+        With `finish_by` (when the batch is estimated to finish, if it waits behind
+        others), only entries whose deadline is not before it are taken; the rest
+        stay queued, in their places."""
+        if finish_by != -math.inf and finish_by > self.earliest_deadline():
+            return self._take_finishing_by(n, finish_by)
         taken = self._pop_while(self._by_deadline, now, lead=lead, limit=n)
         if len(self._turns) == 1 and len(taken) < n:
             # One stream with work (the common case): its oldest, in one sweep.
@@ -194,6 +213,31 @@ class FairQueue:
             entry = self.remove(key)
             assert entry is not None
             taken.append(entry)
+        self._compact()
+        return taken
+
+    def _take_finishing_by(self, n: int, finish_by: float) -> list[Entry]:
+        """One per stream in turn, FIFO within a stream, skipping entries whose deadline
+        is before `finish_by`. Streams are read lazily and only changed at the end, so
+        a take costs what it scans, not the length of the queue."""
+        turns, streams = self._turns, self._streams
+        cursors: dict[int, Iterator[Entry]] = {}
+        taken: list[Entry] = []
+        idle = 0  # streams visited in a row that had nothing to give
+        while len(taken) < n and idle < len(turns):
+            stream_id = turns[0]
+            turns.rotate(-1)
+            cursor = cursors.get(stream_id)
+            if cursor is None:
+                cursor = cursors[stream_id] = iter(streams[stream_id].values())
+            entry = next((e for e in cursor if e.deadline >= finish_by), None)
+            if entry is None:
+                idle += 1
+                continue
+            idle = 0
+            taken.append(entry)
+        for entry in taken:
+            self.remove(entry.key)
         self._compact()
         return taken
 

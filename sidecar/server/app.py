@@ -4,6 +4,12 @@ Start order: gRPC and health listen first (NOT_READY, requests answered
 UNAVAILABLE), then the backends load, then READY. Drain order: NOT_READY, new
 requests refused UNAVAILABLE, queued and running ones finished, bounded by the
 drain timeout, after which whatever is left is answered UNAVAILABLE; then stop.
+
+Readiness follows the last report: READY while loaded, some backend instance is
+up, not draining and not failed. A fatal fault (the pipeline's `on_fatal`: too
+many hung instances, or none left that can load) turns NOT_READY, answers what
+is in flight UNAVAILABLE, and ends `wait_fatal()`, on which `gpu-sidecar serve`
+waits to exit with code 4.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -75,6 +82,10 @@ class SidecarServer:
         self._backends = backends
         self._make_backend = make_backend
         self._draining = False
+        self._executors_up: int | None = None  # the last capacity report (None: none yet, all up)
+        self._readiness: asyncio.Future[None] | None = None  # applies the wanted readiness, one at a time
+        self._fatal_reason: str | None = None
+        self._failed = asyncio.Event()
         self.metric_registry = MetricRegistry(
             [
                 *create_reporters(
@@ -166,7 +177,8 @@ class SidecarServer:
             self.metric_group,
             make_backend=make_backend,
             on_drained=self._drained,
-            on_capacity=lambda up: loop.call_soon_threadsafe(self._capacity_changed, up),
+            on_capacity=_on_loop(loop, self._capacity_changed),
+            on_fatal=_on_loop(loop, self._fatal),
         )
         info = self._pipeline.info
         self._servicer.model_info = model_info_message(backends[0].name, info, self._pipeline.batch_size, config)
@@ -175,15 +187,60 @@ class SidecarServer:
             log, "backend loaded", backend=backends[0].name, instances=config.instances,
             max_batch=self._pipeline.batch_size, load_s=round(time.monotonic() - started, 3),
         )
-        await self.health.set_ready(True)
-        event(log, "ready", endpoint=self.address)
+        await self._follow_readiness()
+        if self.health.ready:
+            event(log, "ready", endpoint=self.address)
+
+    @property
+    def fatal_reason(self) -> str | None:
+        """Why the sidecar failed for good (see wait_fatal), or None."""
+        return self._fatal_reason
+
+    async def wait_fatal(self) -> str:
+        """Returns, with the reason, once the pipeline has reported a fatal fault."""
+        await self._failed.wait()
+        assert self._fatal_reason is not None
+        return self._fatal_reason
 
     def _capacity_changed(self, executors_up: int) -> None:
-        """Ready only while some backend instance is up (and not draining)."""
-        ready = executors_up > 0 and not self._draining
-        if ready != self.health.ready:
-            event(log, "readiness changed", ready=ready, executors_up=executors_up)
-            asyncio.ensure_future(self.health.set_ready(ready))
+        """Ready only while some backend instance is up (and not draining). On the event
+        loop; the last report wins, however many arrive in one loop pass."""
+        self._executors_up = executors_up
+        self._follow_readiness()
+
+    def _fatal(self, reason: str) -> None:
+        """The pipeline cannot recover in-process (on the event loop, once)."""
+        if self._fatal_reason is not None:
+            return
+        self._fatal_reason = reason
+        event(log, "fatal", level=logging.CRITICAL, reason=reason)
+        try:
+            self._follow_readiness()  # NOT_READY
+            if self._pipeline is not None:  # what is in flight is answered now, not after a timeout
+                self._pipeline.peers.session.tell(AbandonAll(f"the sidecar is exiting after a fatal fault: {reason}"))
+        finally:
+            self._failed.set()  # whatever happened above, the exit must not wait on it
+
+    def _wants_ready(self) -> bool:
+        up = self._executors_up
+        return (
+            self._pipeline is not None
+            and (up is None or up > 0)
+            and not self._draining
+            and self._fatal_reason is None
+        )
+
+    def _follow_readiness(self) -> asyncio.Future[None]:
+        """Brings health to what is wanted now; one applier at a time, so that reports
+        in one loop pass cannot overtake each other (set_ready is a coroutine)."""
+        if self._readiness is None or self._readiness.done():
+            self._readiness = asyncio.ensure_future(self._apply_readiness())
+        return self._readiness
+
+    async def _apply_readiness(self) -> None:
+        while (ready := self._wants_ready()) != self.health.ready:
+            event(log, "readiness changed", ready=ready, executors_up=self._executors_up)
+            await self.health.set_ready(ready)
 
     def _drained(self) -> None:
         event(log, "batcher drained")  # called on the batcher's thread
@@ -230,6 +287,18 @@ class SidecarServer:
             self._pipeline = None
         await asyncio.to_thread(self.metric_registry.close)
         event(log, "stopped")
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A callback for another thread that runs `callback` on the loop (dropped once the loop has closed)."""
+
+    def call(arg: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, arg)
+        except RuntimeError:
+            pass  # the loop is closed: the server has stopped
+
+    return call
 
 
 def _remove_unix_socket(endpoint: str) -> None:

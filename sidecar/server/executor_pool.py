@@ -1,10 +1,11 @@
 """The executor actors, by index, and how a hung or dead one is replaced.
 
-The batcher decides (its core answers ReplaceExecutor); the pool carries it out:
-it retires the old actor, so that whatever that actor still finishes is dropped
-instead of answering requests that were already answered, and starts a fresh
-actor with a fresh backend instance, which loads in its own thread and reports
-back to the batcher.
+The batcher decides (its core answers ReplaceExecutor, and schedules the retries
+of a failed load); the pool carries it out: it retires the old actor, so that
+whatever that actor still finishes is dropped instead of answering requests that
+were already answered, and starts a fresh actor with only the backend factory.
+The new actor makes its backend instance and loads it in its own thread, then
+reports ExecutorLoaded to the batcher; nothing slow runs on the caller's thread.
 """
 
 from __future__ import annotations
@@ -41,15 +42,17 @@ class ExecutorPool:
         self.peers: Peers | None = None  # set once the pipeline is wired
 
     def start(self, index: int, incarnation: int = 0, backend: Backend | None = None) -> pykka.ActorRef[Any]:
+        """Starts executor `index`: on `backend`, or (none given) on one it makes itself
+        with the factory, in its own thread, when it is told LoadBackend."""
         retired = threading.Event()
-        ref = ExecutorActor.start(index, incarnation, backend or self._make_backend(), self._clock, retired)
+        ref = ExecutorActor.start(index, incarnation, backend, self._clock, retired, self._make_backend)
         with self._lock:
             self._handles[index] = _Handle(ref, incarnation, retired)
         return ref
 
     def replace(self, index: int, incarnation: int) -> None:
-        """Retires executor `index` and starts its successor, which loads its backend
-        and then tells the batcher ExecutorLoaded."""
+        """Retires executor `index` and starts its successor, which makes and loads its
+        backend and then tells the batcher ExecutorLoaded. Returns at once."""
         assert self.peers is not None, "wire the pipeline first"
         self.retire(index)
         ref = self.start(index, incarnation)
@@ -72,6 +75,8 @@ class ExecutorPool:
             handle.ref.stop(block=False)  # queued behind a hung call, if any: it may never run
 
     def retire_all(self) -> None:
+        """What every executor finishes from now on is dropped (the pipeline is stopping,
+        or the sidecar failed)."""
         with self._lock:
             handles = list(self._handles.values())
         for h in handles:

@@ -10,12 +10,13 @@ import pykka
 
 from actors.admission import AdmissionActor
 from actors.batcher import BatcherActor
-from actors.messages import Connect, LoadBackend, Peers
+from actors.messages import Connect, LoadBackend, Peers, ServiceRate
 from actors.metrics import MetricsActor
 from actors.session import Deliver, SessionActor
 from sidecar.backends.base import Backend, BackendInfo
 from sidecar.clock import Clock
 from sidecar.config import SidecarConfig
+from sidecar.core.batcher import estimated_service_rate
 from sidecar.metrics.group import MetricGroup
 from sidecar.server.executor_pool import ExecutorPool
 
@@ -61,11 +62,16 @@ def start_pipeline(
     make_backend: Callable[[], Backend] | None = None,
     on_drained: Callable[[], None] = lambda: None,
     on_capacity: Callable[[int], None] = lambda up: None,
+    on_fatal: Callable[[str], None] = lambda reason: None,
 ) -> Pipeline:
     """Loads every backend (each in its executor's thread) and wires the actors.
 
     `metrics` is the group the metrics actor registers its metrics in (gpuSidecar);
-    `make_backend` makes the fresh instance that replaces a hung or dead one.
+    `make_backend` makes the fresh instance that replaces a hung or dead one (it is
+    called in the new executor's thread). The callbacks are called on the batcher's
+    thread: `on_capacity` with the executors up whenever that changes, `on_fatal`
+    once, with the reason, when the pipeline cannot recover in-process (too many
+    hung instances, or none left that can load) and the process should exit.
     """
     if len(backends) != config.instances:
         raise ValueError(f"{config.instances} instances configured but {len(backends)} backends given")
@@ -80,10 +86,12 @@ def start_pipeline(
         limits = config.batch_limits(info.max_batch_size)
         metrics_actor = MetricsActor.start(metrics, clock, config.instances, config.histogram_window)
         started.append(metrics_actor)
-        batcher = BatcherActor.start(limits, clock, info, on_drained, on_capacity)
+        batcher = BatcherActor.start(limits, clock, info, on_drained, on_capacity, on_fatal)
         started.append(batcher)
         admission = AdmissionActor.start(config.admission_limits(), clock)
         started.append(admission)
+        # Before any traffic: a cold server's retry hints come from this, not the ceiling.
+        admission.tell(ServiceRate(estimated_service_rate(limits, config.instances, None)))
         session = SessionActor.start(info.spec, deliver, clock)
         started.append(session)
     except BaseException:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.core.admission import Admission, AdmissionLimits
+from sidecar.core.admission import MIN_RETRY_AFTER_S, Admission, AdmissionLimits
 from sidecar.core.status import Code
 from tests.factories import request
 
@@ -73,3 +73,34 @@ def test_draining_refuses_everything_unavailable():
     assert result.admitted is None
     assert result.rejected[0][1].code is Code.UNAVAILABLE
     assert a.depth == 0
+
+
+def test_retry_hint_before_the_first_drain_sample_comes_from_the_service_rate():
+    a = Admission(AdmissionLimits(max_queue_length=100, max_queue_wait_s=5.0))
+    a.admit(reqs(range(100)), now=0.0)
+    a.service_rate(50.0)  # the batcher: batch x executors / compute estimate
+    (_, failure), = a.admit(reqs([999]), now=0.0).rejected
+    assert failure.retry_after_s == pytest.approx(100 / 50)
+    assert "retry after 2000.0 ms" in failure.message
+
+
+def test_retry_hint_from_the_service_rate_stays_within_max_wait_and_the_minimum():
+    a = Admission(AdmissionLimits(max_queue_length=10, max_queue_wait_s=0.5))
+    a.admit(reqs(range(10)), now=0.0)
+    a.service_rate(1.0)  # 10 s to drain: capped at the max wait
+    assert a.admit(reqs([99]), now=0.0).rejected[0][1].retry_after_s == pytest.approx(0.5)
+    a.service_rate(float("inf"))  # batches take no time at all: never below the minimum
+    assert a.admit(reqs([99]), now=0.0).rejected[0][1].retry_after_s == pytest.approx(MIN_RETRY_AFTER_S)
+    a.service_rate(0.0)  # nothing is up: the ceiling
+    assert a.admit(reqs([99]), now=0.0).rejected[0][1].retry_after_s == pytest.approx(0.5)
+
+
+def test_a_measured_drain_rate_wins_over_the_estimate():
+    a = Admission(AdmissionLimits(max_queue_length=100, max_queue_wait_s=5.0))
+    a.service_rate(1000.0)
+    a.admit(reqs(range(100)), now=0.0)
+    a.released([(1, 10)], now=1.0)
+    a.admit(reqs(range(100, 110)), now=1.0)
+    a.released([(1, 50)], now=2.0)  # measured: 50 per second
+    a.admit(reqs(range(110, 160)), now=2.0)
+    assert a.admit(reqs([999]), now=2.0).rejected[0][1].retry_after_s == pytest.approx(100 / 50)

@@ -2,7 +2,9 @@
 
 A tiny shell drives the batcher the way the actor does: it fires the one armed
 timer at its time before anything later happens, completes dispatched batches in
-order per executor, brings replaced executors back, and sometimes kills one.
+order per executor, brings replaced executors back or fails their loads, lets
+hung ones return, and sometimes kills one. When the batcher turns FAILED it does
+what the server does: whatever is still unanswered is answered (abandoned).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from hypothesis import given, settings
+from hypothesis import event as note, given, settings
 from hypothesis import strategies as st
 
 from sidecar.core.batcher import (
@@ -23,8 +25,11 @@ from sidecar.core.batcher import (
     Drained,
     ExecutorDown,
     ExecutorFree,
+    ExecutorLoadFailed,
+    ExecutorReleased,
     ExecutorUp,
     FailRequests,
+    Fatal,
     ReplaceExecutor,
     RequestsAdmitted,
     State,
@@ -39,7 +44,10 @@ MAX_WAIT = 0.020
 # One step of the scenario: (kind, time advance in ms, parameter)
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["arrive", "arrive", "arrive", "finish", "finish", "withdraw", "idle", "up", "down", "stale"]),
+        st.sampled_from(
+            ["arrive", "arrive", "arrive", "finish", "finish", "withdraw", "idle", "up", "down", "stale", "loadfail",
+             "release"]
+        ),
         st.integers(min_value=0, max_value=15),
         st.integers(min_value=0, max_value=12),
     ),
@@ -52,16 +60,21 @@ limits = st.builds(
     executors=st.integers(1, 3),
     max_inflight_per_executor=st.integers(1, 2),
     backend_timeout_s=st.sampled_from([math.inf, 0.008, 0.030]),
+    max_hung=st.integers(0, 3),
+    reload_attempts=st.integers(1, 3),
 )
 
 
 class Shell:
-    def __init__(self, lim: BatchLimits) -> None:
+    def __init__(self, lim: BatchLimits, max_timeout_ms: int = 9, all_timed: bool = False) -> None:
         self.b = Batcher(lim)
+        self.max_timeout_ms = max_timeout_ms
+        self.all_timed = all_timed  # every request has a timeout (else one in three)
         self.lim = lim
         self.now = 0.0
         self.timer: float | None = None
         self.running: list[deque[tuple[int, tuple]]] = [deque() for _ in range(lim.executors)]
+        self.started = [0.0] * lim.executors  # when each executor's head batch started
         self.incarnation = [0] * lim.executors
         self.replacing: set[int] = set()
         self.expiry: dict[tuple[int, int], float] = {}
@@ -71,6 +84,7 @@ class Shell:
         self.log: list[str] = []
         self.next_id = 0
         self.drained = False
+        self.fatal: list[str] = []
 
     def handle(self, event) -> None:
         actions = self.b.handle(event, self.now)
@@ -79,6 +93,15 @@ class Shell:
             match a:
                 case DispatchBatch(executor, _, reqs):
                     assert 1 <= len(reqs) <= self.lim.max_batch_size
+                    ahead = len(self.running[executor])
+                    if ahead:  # behind other batches: each request must be able to finish from there
+                        note("placed behind a running batch")
+                        estimate = self.b.compute_estimate_s
+                        start = self.now + max(0.0, ahead * estimate - (self.now - self.started[executor]))
+                        for r in reqs:
+                            assert r.deadline >= start + estimate - 1e-9, "placed in a slot it cannot finish from"
+                    else:
+                        self.started[executor] = self.now
                     for r in reqs:
                         assert self.now < self.expiry[r.key], "dispatched at or after its expiry"
                         self.in_batch.add(r.key)
@@ -101,8 +124,22 @@ class Shell:
                     self.timer = at
                 case Drained():
                     self.drained = True
+                case Fatal(reason):
+                    self.fatal.append(reason)
+                    note("fatal: " + ("hung cap" if "max-hung" in reason else "no instance can come back"))
+                    # the server answers whatever is unanswered; late results are dropped
+                    for queue in self.running:
+                        for _, keys in queue:
+                            for k in keys:
+                                if not self.answers[k]:
+                                    self.answers[k].append("ABANDONED")
+                        queue.clear()
+                    self.replacing.clear()
         for entry in self.b._queue:  # nothing still queued may be past its expiry
             assert entry.expires_at > self.now
+        if self.b.executors_up == 0:  # with no executor up, nothing waits for one
+            assert self.b.queue_depth == 0
+        assert len(self.fatal) <= 1, self.fatal
 
     def advance(self, dt: float) -> None:
         target = self.now + dt
@@ -116,6 +153,7 @@ class Shell:
 
     def finish(self, executor: int, dt: float) -> None:
         incarnation, keys = self.running[executor].popleft()
+        self.started[executor] = self.now
         for k in keys:
             self.answers[k].append("OK")
             self.in_batch.discard(k)
@@ -127,7 +165,8 @@ class Shell:
         if kind == "arrive":
             reqs = []
             for i in range(n):
-                timeout = None if i % 3 else 0.001 * (1 + (n + i) % 9)
+                timed = self.all_timed or i % 3 == 0
+                timeout = 0.001 * (1 + (n + i) % self.max_timeout_ms) if timed else None
                 r = request(self.next_id, stream=1 + i % 2, at=self.now, timeout=timeout)
                 self.next_id += 1
                 self.expiry[r.key] = min(r.deadline, self.now + MAX_WAIT)
@@ -151,11 +190,19 @@ class Shell:
             executor = n % self.lim.executors
             if self.incarnation[executor] > 0:
                 self.handle(ExecutorFree(executor, self.incarnation[executor] - 1, 0.001))
+        elif kind == "loadfail" and self.replacing:
+            executor = sorted(self.replacing)[n % len(self.replacing)]
+            self.replacing.discard(executor)
+            self.handle(ExecutorLoadFailed(executor, self.incarnation[executor], "BackendError: no GPU"))
+        elif kind == "release":  # some old incarnation's actor stops (a hung call returned, say)
+            executor = n % self.lim.executors
+            if self.incarnation[executor] > 0:
+                self.handle(ExecutorReleased(executor, n % self.incarnation[executor]))
 
     def finish_everything(self) -> None:
         self.handle(Drain())
         for _ in range(10_000):
-            if self.drained:
+            if self.drained or self.fatal:
                 return
             busy = [i for i, r in enumerate(self.running) if r]
             if busy:
@@ -175,7 +222,35 @@ def test_every_request_gets_exactly_one_answer_and_limits_hold(lim, scenario):
     for kind, dt, n in scenario:
         shell.step(kind, dt, n)
     shell.finish_everything()
-    assert shell.drained and shell.b.state is State.CLOSED
+    assert (shell.drained and shell.b.state is State.CLOSED) or (shell.fatal and shell.b.state is State.FAILED)
+    for key, answers in shell.answers.items():
+        assert len(answers) == 1, (key, answers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.builds(
+        BatchLimits,
+        max_batch_size=st.integers(1, 4),
+        batch_timeout_s=st.sampled_from([0.0, 0.002]),
+        executors=st.integers(1, 2),
+        max_inflight_per_executor=st.integers(2, 3),
+    ),
+    st.lists(
+        st.tuples(st.sampled_from(["arrive", "arrive", "finish", "finish", "idle"]), st.integers(0, 6), st.integers(0, 12)),
+        max_size=80,
+    ),
+    st.integers(2, 40),
+)
+def test_nothing_is_placed_into_a_slot_it_cannot_finish_from(lim, scenario, max_timeout_ms):
+    # Every request has a deadline and batches take 0-6 ms, so slots behind a running
+    # batch are often too late for some of the queue; the shell asserts the rule on
+    # every DispatchBatch, and exactly one answer each.
+    shell = Shell(lim, max_timeout_ms=max_timeout_ms, all_timed=True)
+    for kind, dt, n in scenario:
+        shell.step(kind, dt, n)
+    shell.finish_everything()
+    assert shell.drained
     for key, answers in shell.answers.items():
         assert len(answers) == 1, (key, answers)
 
@@ -220,22 +295,30 @@ def test_no_stream_gets_less_than_its_fair_share_while_it_has_work(loads, max_ba
         actions = b.handle(ExecutorFree(0, 0, 0.001), t)
 
 
+EVENT_KINDS = ("arrive", "timer", "free", "withdraw", "drain", "down", "up", "loadfail", "released")
 ALLOWED = {
     # (state before, event kind) -> states it may lead to; "error" = BatcherError
-    **{(State.IDLE, k): {State.IDLE} for k in ("withdraw", "down", "up")},
-    (State.IDLE, "timer"): {State.IDLE, State.COLLECTING},  # the watchdog may requeue a hung executor's batches
+    **{(State.IDLE, k): {State.IDLE} for k in ("withdraw", "up", "released")},
+    (State.IDLE, "down"): {State.IDLE, State.FAILED},  # a loading replacement that dies may be the last chance
+    (State.IDLE, "loadfail"): {State.IDLE, State.FAILED},
+    # the watchdog may requeue a hung executor's batches; too many hung, or no reload left, is fatal
+    (State.IDLE, "timer"): {State.IDLE, State.COLLECTING, State.FAILED},
     (State.IDLE, "arrive"): {State.IDLE, State.COLLECTING},
     (State.IDLE, "free"): {State.IDLE, "error"},
     (State.IDLE, "drain"): {State.DRAINING, State.CLOSED},
-    **{(State.COLLECTING, k): {State.IDLE, State.COLLECTING} for k in ("arrive", "timer", "withdraw", "down", "up")},
+    **{(State.COLLECTING, k): {State.IDLE, State.COLLECTING} for k in ("arrive", "withdraw", "up", "released")},
+    **{(State.COLLECTING, k): {State.IDLE, State.COLLECTING, State.FAILED} for k in ("timer", "down", "loadfail")},
     (State.COLLECTING, "free"): {State.IDLE, State.COLLECTING, "error"},
     (State.COLLECTING, "drain"): {State.DRAINING, State.CLOSED},
     (State.DRAINING, "arrive"): {State.DRAINING},
-    **{(State.DRAINING, k): {State.DRAINING, State.CLOSED} for k in ("timer", "withdraw", "down", "up")},
+    **{(State.DRAINING, k): {State.DRAINING, State.CLOSED} for k in ("withdraw", "up", "released")},
+    **{(State.DRAINING, k): {State.DRAINING, State.CLOSED, State.FAILED} for k in ("timer", "down", "loadfail")},
     (State.DRAINING, "free"): {State.DRAINING, State.CLOSED, "error"},
     (State.DRAINING, "drain"): {State.DRAINING},
-    **{(State.CLOSED, k): {State.CLOSED} for k in ("arrive", "timer", "withdraw", "drain", "down", "up")},
+    **{(State.CLOSED, k): {State.CLOSED} for k in EVENT_KINDS if k != "free"},
     (State.CLOSED, "free"): {"error"},
+    **{(State.FAILED, k): {State.FAILED} for k in EVENT_KINDS if k != "free"},
+    (State.FAILED, "free"): {State.FAILED, "error"},
 }
 
 
@@ -244,7 +327,7 @@ ALLOWED = {
     limits,
     steps,
     st.booleans(),
-    st.sampled_from(["arrive", "timer", "free", "withdraw", "drain", "down", "up"]),
+    st.sampled_from(EVENT_KINDS),
     st.integers(0, 2),
 )
 def test_every_state_event_pair_is_legal_or_a_defined_error(lim, prefix, drain_first, kind, executor):
@@ -264,6 +347,8 @@ def test_every_state_event_pair_is_legal_or_a_defined_error(lim, prefix, drain_f
         "drain": Drain(),
         "down": ExecutorDown(i, shell.incarnation[i], "died"),
         "up": ExecutorUp(i, shell.incarnation[i]),
+        "loadfail": ExecutorLoadFailed(i, shell.incarnation[i], "BackendError: no GPU"),
+        "released": ExecutorReleased(i, max(0, shell.incarnation[i] - 1)),
     }[kind]
     try:
         shell.b.handle(event, shell.now)

@@ -13,7 +13,7 @@ from sidecar.backends.mock import MockBackend
 from sidecar.client import InferError, SidecarClient
 from sidecar.config import SidecarConfig
 from sidecar.server.app import SidecarServer
-from tests.rpc.helpers import Gate, run, serving
+from tests.rpc.helpers import Gate, eventually, run, serving
 from tests.rpc.test_health import http_health
 
 WAIT_S = 10.0
@@ -79,14 +79,16 @@ def test_hung_backend_times_out_is_replaced_and_health_follows():
                 stuck = await outcomes([client.submit(X) for _ in range(4)])  # batch 2 hangs
                 assert all(isinstance(e, InferError) and e.code is grpc.StatusCode.DEADLINE_EXCEEDED for e in stuck)
                 assert "backend timeout of 0.3 s" in stuck[0].message and "being replaced" in stuck[0].message
-                # no instance is up while the replacement loads
+                # no instance is up while the replacement loads: NOT_READY, and requests are
+                # answered UNAVAILABLE at once with a retry hint, not queued to expire
                 assert await http_health(server.health_port) == (503, "NOT_READY\n")
-                waiting = client.submit(X)  # queued until the replacement is up
+                refused = await outcomes([client.submit(X)])
+                assert isinstance(refused[0], InferError) and refused[0].code is grpc.StatusCode.UNAVAILABLE
+                assert "no backend instance is up" in refused[0].message and refused[0].retry_after_s is not None
                 gate.open.set()
-                assert isinstance(await asyncio.wait_for(waiting, WAIT_S), dict)
-                while not server.health.ready:
-                    await asyncio.sleep(0.01)
+                await eventually(lambda: server.health.ready, "the replacement to be up")
                 assert await http_health(server.health_port) == (200, "READY\n")
+                assert isinstance(await asyncio.wait_for(client.infer(X), WAIT_S), dict)
             assert len(fresh) == 1 and fresh[0].batches >= 1
         finally:
             gate.open.set()
@@ -114,6 +116,7 @@ def test_executor_that_dies_is_replaced_and_its_requests_answered(monkeypatch):
                 lost = await outcomes([client.submit(X) for _ in range(4)])
                 assert all(isinstance(e, InferError) and e.code is grpc.StatusCode.INTERNAL for e in lost)
                 assert "stopped unexpectedly" in lost[0].message
+                await eventually(lambda: server.health.ready, "the replacement to be up")
                 later = await outcomes([client.submit(X) for _ in range(8)])
                 assert all(isinstance(r, dict) for r in later)
 
