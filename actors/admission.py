@@ -63,7 +63,7 @@ class AdmissionActor(pykka.ThreadingActor):
             case Connect(peers):
                 self._peers = peers
             case GetSnapshot():
-                return {"depth": self._core.depth, "draining": self._core.draining}
+                return {"depth": self._core.depth, "draining": self._core.draining, "sizes": self._core.sizes()}
             case _:
                 log.error("admission: unexpected message %r", message)
         return None

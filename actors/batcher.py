@@ -115,6 +115,7 @@ class BatcherActor(pykka.ThreadingActor):
                     "executor_phases": tuple(p.name for p in self._core.executor_phases),
                     "stuck_hung": self._core.stuck_hung,
                     "fatal": self._core.fatal_reason,
+                    "sizes": self._core.sizes(),
                 }
             case _:
                 log.error("batcher: unexpected message %r", message)

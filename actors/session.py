@@ -108,6 +108,13 @@ class SessionActor(pykka.ThreadingActor):
                 return {
                     "open_streams": len(self._inflight),
                     "inflight": sum(map(len, self._inflight.values())) + len(self._gone),
+                    "sizes": {
+                        "streams": len(self._inflight),
+                        "inflight_ids": sum(map(len, self._inflight.values())),
+                        "gone_uids": len(self._gone),
+                        "abandoned_uids": len(self._abandoned),
+                        "cancelling_uids": len(self._cancelling),
+                    },
                 }
             case _:
                 log.error("session: unexpected message %r", message)

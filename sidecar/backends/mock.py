@@ -10,6 +10,13 @@ Everything is set in the model URI's query string, e.g.
     fail_on_batch=N       the N-th infer call (1-based) raises BackendError
     hang_on_batch=N       the N-th infer call blocks until close()
     wrong_count_on_batch=N  the N-th infer call returns one row too few
+    fail_every=N          every N-th infer call raises BackendError (for soaks)
+    stall_every=N, stall_ms=M  every N-th call takes M ms more: past the backend
+                          timeout it is given up on as hung, and returns later
+    hang_every=N          every N-th call blocks until close(): a hung call that
+                          never returns, in every instance made with this URI
+    leak_bytes=K          TEST ONLY: keeps K bytes per batch for the backend's
+                          life, a planted leak that proves the soak's detector
 
 The output is the input times 2, so a test can tell whose result it got.
 Time passes through the injected `sleep`, so tests need not wait for it.
@@ -54,6 +61,11 @@ _OPTIONS: dict[str, tuple[Callable[[str], int | float], str]] = {
     "fail_on_batch": (_count, "an integer >= 1"),
     "hang_on_batch": (_count, "an integer >= 1"),
     "wrong_count_on_batch": (_count, "an integer >= 1"),
+    "fail_every": (_count, "an integer >= 1"),
+    "stall_every": (_count, "an integer >= 1"),
+    "stall_ms": (_millis, "a finite number >= 0"),
+    "hang_every": (_count, "an integer >= 1"),
+    "leak_bytes": (_count, "an integer >= 1"),
 }
 
 
@@ -67,6 +79,11 @@ class MockOptions:
     fail_on_batch: int | None = None
     hang_on_batch: int | None = None
     wrong_count_on_batch: int | None = None
+    fail_every: int | None = None
+    stall_every: int | None = None
+    stall_ms: float = 0.0
+    hang_every: int | None = None
+    leak_bytes: int | None = None
 
 
 def parse_options(model_uri: str) -> MockOptions:
@@ -98,6 +115,7 @@ class MockBackend(Backend):
         self.batches = 0
         self._sleep = sleep
         self._closed = threading.Event()
+        self._kept: list[bytes] = []  # leak_bytes: never released, on purpose
 
     def load(self) -> BackendInfo:
         if self.options.load_ms:
@@ -109,11 +127,15 @@ class MockBackend(Backend):
     def infer(self, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         self.batches += 1
         n, opts = self.batches, self.options
-        if n == opts.fail_on_batch:
+        if opts.leak_bytes:
+            self._kept.append(bytes(opts.leak_bytes))  # the planted leak: one allocation per batch, kept
+        if n == opts.fail_on_batch or (opts.fail_every and n % opts.fail_every == 0):
             raise BackendError(f"mock fault injected on batch {n}")
-        if n == opts.hang_on_batch:
+        if n == opts.hang_on_batch or (opts.hang_every and n % opts.hang_every == 0):
             self._closed.wait()
             raise BackendError(f"mock batch {n} hung until the backend was closed")
+        if opts.stall_every and n % opts.stall_every == 0:
+            self._sleep(opts.stall_ms / 1000)
         x = np.asarray(inputs["input"], dtype=np.float32)
         delay_ms = opts.base_ms + opts.per_item_ms * len(x)
         if delay_ms > 0:

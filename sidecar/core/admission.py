@@ -67,6 +67,10 @@ class Admission:
         self._released_since = 0
         self._service_rate: float | None = None  # the batcher's estimate, items per second
 
+    def sizes(self) -> dict[str, int]:
+        """Its long-lived structures' sizes, for the memory report (docs/soak.md)."""
+        return {"depth": self._depth, "streams": len(self._by_stream)}
+
     @property
     def depth(self) -> int:
         return self._depth

@@ -341,6 +341,15 @@ class Batcher:
             return State.DRAINING
         return State.COLLECTING if len(self._queue) else State.IDLE
 
+    def sizes(self) -> dict[str, int]:
+        """Its long-lived structures' sizes, for the memory report (docs/soak.md)."""
+        return {
+            **{f"queue.{k}": v for k, v in self._queue.sizes().items()},
+            "released_pending": len(self._released),
+            "stuck_hung": self._slots.stuck_count,
+            "inflight_batches": sum(self._slots.inflight_counts),
+        }
+
     @property
     def queue_depth(self) -> int:
         return len(self._queue)

@@ -72,6 +72,16 @@ class FairQueue:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def sizes(self) -> dict[str, int]:
+        """Its long-lived structures' sizes, for the memory report (docs/soak.md)."""
+        return {
+            "entries": len(self._entries),
+            "streams": len(self._streams),
+            "turns": len(self._turns),
+            "queue_deadline_heap": len(self._by_queue_deadline),
+            "deadline_heap": len(self._by_deadline),
+        }
+
     def __contains__(self, key: RequestKey) -> bool:
         return key in self._entries
 

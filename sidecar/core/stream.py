@@ -176,6 +176,11 @@ class StreamLifecycle(Generic[T]):
         return self._phase is Phase.OPEN and self.outstanding + len(self._cancels) + self._writing_cancels < self.window
 
     @property
+    def to_write(self) -> int:
+        """Answers and cancel notices waiting to be written."""
+        return len(self._outbox) + len(self._cancels)
+
+    @property
     def has_output(self) -> bool:
         return bool(self._outbox or self._cancels)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from actors.messages import AbandonAll, Drain
+from actors.messages import AbandonAll, Drain, GetSnapshot
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.backends import registry
 from sidecar.backends.base import Backend
@@ -183,6 +183,7 @@ class SidecarServer:
         info = self._pipeline.info
         self._servicer.model_info = model_info_message(backends[0].name, info, self._pipeline.batch_size, config)
         self._ingress.attach(self._pipeline.peers.session, self._pipeline.peers.metrics)
+        self._servicer.structures = self._structures
         event(
             log, "backend loaded", backend=backends[0].name, instances=config.instances,
             max_batch=self._pipeline.batch_size, load_s=round(time.monotonic() - started, 3),
@@ -190,6 +191,21 @@ class SidecarServer:
         await self._follow_readiness()
         if self.health.ready:
             event(log, "ready", endpoint=self.address)
+
+    async def _structures(self) -> dict[str, int]:
+        """Sizes of the long-lived structures of the ingress and of each actor."""
+        assert self._ingress is not None
+        sizes = {f"ingress.{k}": v for k, v in self._ingress.sizes().items()}
+        pipeline = self._pipeline
+        if pipeline is not None:
+            peers = pipeline.peers
+            for name, ref in (("session", peers.session), ("admission", peers.admission), ("batcher", peers.batcher)):
+                try:
+                    snapshot = await asyncio.to_thread(ref.ask, GetSnapshot(), timeout=5)
+                except Exception:  # a stopping or wedged actor: report what can be read
+                    continue
+                sizes.update({f"{name}.{k}": v for k, v in snapshot.get("sizes", {}).items()})
+        return sizes
 
     @property
     def fatal_reason(self) -> str | None:

@@ -79,6 +79,16 @@ class Ingress:
     def outstanding(self) -> int:
         return sum(s.life.outstanding for s in self._streams.values())
 
+    def sizes(self) -> dict[str, int]:
+        """Its long-lived structures' sizes, for the memory report (docs/soak.md)."""
+        return {
+            "streams": len(self._streams),
+            "outstanding": sum(s.life.outstanding for s in self._streams.values()),
+            "outboxes": sum(s.life.to_write for s in self._streams.values()),
+            "pending_inputs": len(self._pending),
+            "pending_samples": len(self._end_to_end) + len(self._delivery),
+        }
+
     @property
     def draining(self) -> bool:
         return self._draining

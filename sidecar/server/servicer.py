@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ from sidecar.rpc.convert import duration, metrics_snapshot, tensor_spec
 from sidecar.core.stream import Phase
 from sidecar.logs import Throttle, event
 from sidecar.server.ingress import Ingress, Stream
+from sidecar.server.memory_report import MemoryProbe
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
         self._ingress = ingress
         self._registry = registry
         self.model_info: pb.ModelInfo | None = None  # set once the backend has loaded
+        # Sizes of the server's long-lived structures, by name (set by the server).
+        self.structures: Callable[[], Awaitable[dict[str, int]]] | None = None
+        self._memory = MemoryProbe()
         # Framing per packed response (field tag and length) is counted with each one.
         self._pack_bytes = config.pack_bytes - RESPONSE_FRAMING_BYTES
         self._started = time.monotonic()
@@ -165,6 +169,18 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
         return self.model_info
 
+    async def GetMemoryReport(self, request: pb.MemoryReportRequest, context: Any) -> pb.MemoryReport:
+        structures = await self.structures() if self.structures is not None else self._ingress.sizes()
+        # A snapshot of a big heap takes a while: off the loop, so streams keep moving.
+        m = await asyncio.to_thread(self._memory.measure, request.set_baseline, request.top or 10)
+        return pb.MemoryReport(
+            tracing=m.tracing, traced_bytes=m.traced_bytes, traced_peak_bytes=m.traced_peak_bytes,
+            rss_bytes=m.rss_bytes, threads=m.threads, open_fds=m.open_fds, has_baseline=m.has_baseline,
+            top_growth=[pb.GrowthSite(site=g.site, size_diff_bytes=g.size_diff_bytes, count_diff=g.count_diff,
+                                      size_bytes=g.size_bytes) for g in m.top_growth],
+            structures=structures, uptime=duration(time.monotonic() - self._started),
+        )
+
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> pb.MetricsSnapshot:
         # Quantiles are computed here; off the loop, so streams keep moving meanwhile.
         return metrics_snapshot(await asyncio.to_thread(self._registry.snapshot))
@@ -207,6 +223,10 @@ def add_to_server(servicer: GpuSidecarServicer, server: grpc.aio.Server) -> None
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetModelInfo, request_deserializer=pb.GetModelInfoRequest.FromString,
             response_serializer=pb.ModelInfo.SerializeToString,
+        ),
+        "GetMemoryReport": grpc.unary_unary_rpc_method_handler(
+            servicer.GetMemoryReport, request_deserializer=pb.MemoryReportRequest.FromString,
+            response_serializer=pb.MemoryReport.SerializeToString,
         ),
         "GetMetrics": grpc.unary_unary_rpc_method_handler(
             servicer.GetMetrics, request_deserializer=pb.GetMetricsRequest.FromString,

@@ -137,3 +137,37 @@ def test_bad_options_are_rejected_at_construction_with_the_option_value_and_what
         MockBackend(uri)
     for word in words:
         assert word in str(err.value)
+
+
+def test_fails_every_nth_batch():
+    backend, _ = loaded("mock:?fail_every=3")
+    outcomes = []
+    for _ in range(7):
+        try:
+            backend.infer(batch(1))
+            outcomes.append("ok")
+        except BackendError:
+            outcomes.append("fail")
+    assert outcomes == ["ok", "ok", "fail", "ok", "ok", "fail", "ok"]
+
+
+def test_stalls_every_nth_batch_for_stall_ms_on_top_of_its_latency():
+    backend, sleep = loaded("mock:?stall_every=2&stall_ms=500&base_ms=1&per_item_ms=0")
+    for _ in range(4):
+        backend.infer(batch(1))
+    assert sleep.calls == pytest.approx([0.001, 0.5, 0.001, 0.001, 0.5, 0.001])
+
+
+def test_hangs_every_nth_batch_until_close():
+    backend, _ = loaded("mock:?hang_every=2")
+    backend.infer(batch(1))
+    backend.close()  # closed first: the hung call returns at once, failing
+    with pytest.raises(BackendError, match="hung until the backend was closed"):
+        backend.infer(batch(1))
+
+
+def test_leak_bytes_keeps_one_allocation_per_batch():
+    backend, _ = loaded("mock:?leak_bytes=1000")
+    for _ in range(5):
+        backend.infer(batch(1))
+    assert len(backend._kept) == 5 and all(len(b) == 1000 for b in backend._kept)

@@ -206,3 +206,54 @@ class MeterValue(_message.Message):
     rate: float
     count: int
     def __init__(self, rate: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
+
+class MemoryReportRequest(_message.Message):
+    __slots__ = ("set_baseline", "top")
+    SET_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    set_baseline: bool
+    top: int
+    def __init__(self, set_baseline: _Optional[bool] = ..., top: _Optional[int] = ...) -> None: ...
+
+class GrowthSite(_message.Message):
+    __slots__ = ("site", "size_diff_bytes", "count_diff", "size_bytes")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_DIFF_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_DIFF_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    size_diff_bytes: int
+    count_diff: int
+    size_bytes: int
+    def __init__(self, site: _Optional[str] = ..., size_diff_bytes: _Optional[int] = ..., count_diff: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class MemoryReport(_message.Message):
+    __slots__ = ("tracing", "traced_bytes", "traced_peak_bytes", "rss_bytes", "threads", "open_fds", "has_baseline", "top_growth", "structures", "uptime")
+    class StructuresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TRACING_FIELD_NUMBER: _ClassVar[int]
+    TRACED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRACED_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FDS_FIELD_NUMBER: _ClassVar[int]
+    HAS_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    TOP_GROWTH_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_FIELD_NUMBER: _ClassVar[int]
+    tracing: bool
+    traced_bytes: int
+    traced_peak_bytes: int
+    rss_bytes: int
+    threads: int
+    open_fds: int
+    has_baseline: bool
+    top_growth: _containers.RepeatedCompositeFieldContainer[GrowthSite]
+    structures: _containers.ScalarMap[str, int]
+    uptime: _duration_pb2.Duration
+    def __init__(self, tracing: _Optional[bool] = ..., traced_bytes: _Optional[int] = ..., traced_peak_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., open_fds: _Optional[int] = ..., has_baseline: _Optional[bool] = ..., top_growth: _Optional[_Iterable[_Union[GrowthSite, _Mapping]]] = ..., structures: _Optional[_Mapping[str, int]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class GpuSidecarStub:
                 request_serializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MetricsSnapshot.FromString,
                 _registered_method=True)
+        self.GetMemoryReport = channel.unary_unary(
+                '/gpusidecar.v1.GpuSidecar/GetMemoryReport',
+                request_serializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MemoryReportRequest.SerializeToString,
+                response_deserializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MemoryReport.FromString,
+                _registered_method=True)
 
 
 class GpuSidecarServicer:
@@ -90,6 +95,15 @@ class GpuSidecarServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMemoryReport(self, request, context):
+        """The server's memory as the soak sees it (docs/soak.md): traced memory and
+        its growth by allocation site (when tracemalloc is on), RSS, threads, open
+        fds, and the sizes of the server's own long-lived structures.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GpuSidecarServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +126,11 @@ def add_GpuSidecarServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.GetMetricsRequest.FromString,
                     response_serializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MetricsSnapshot.SerializeToString,
+            ),
+            'GetMemoryReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemoryReport,
+                    request_deserializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MemoryReportRequest.FromString,
+                    response_serializer=sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MemoryReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +241,33 @@ class GpuSidecar:
             '/gpusidecar.v1.GpuSidecar/GetMetrics',
             sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.GetMetricsRequest.SerializeToString,
             sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MetricsSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemoryReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpusidecar.v1.GpuSidecar/GetMemoryReport',
+            sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MemoryReportRequest.SerializeToString,
+            sidecar_dot_api_dot_v1_dot_gpu__sidecar__pb2.MemoryReport.FromString,
             options,
             channel_credentials,
             insecure,
