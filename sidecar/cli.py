@@ -168,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--print", action="store_true", required=True, help="print it")
     _add_config_options(config)
 
+    sub.add_parser("soak", add_help=False, help="soak the sidecar with tracemalloc reports (gpu-sidecar soak --help)")
+
     infer = sub.add_parser("infer", help="send one request and print the result as JSON")
     infer.add_argument("--endpoint", default=SidecarConfig().endpoint, help="host:port or unix:///path")
     infer.add_argument("--input", help="JSON list of values for the (single) input; random if omitted")
@@ -176,6 +178,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # its own options: see soak/cli.py
+        from soak.cli import main as soak_main
+
+        return soak_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "infer":

@@ -3,11 +3,15 @@
 Traced memory and its growth by allocation site come from tracemalloc, when the
 process runs with it (PYTHONTRACEMALLOC=1 or -X tracemalloc); RSS, threads and
 open fds from /proc. A garbage collection runs first, so that growth means
-memory still reachable, not garbage not yet collected.
+memory still reachable, not garbage not yet collected; and glibc's malloc_trim,
+so that RSS counts memory in use rather than the free memory the allocator
+keeps for reuse (which follows the highest load seen, not what is held).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import os
 import threading
@@ -39,6 +43,15 @@ class Memory:
     top_growth: list[Growth] = field(default_factory=list)
 
 
+def _malloc_trim() -> None:
+    """Hands free heap memory back to the OS, where the C library is glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: RSS then includes the allocator's free memory
+
+
 class MemoryProbe:
     """Takes the measurements; keeps the baseline snapshot growth is measured against."""
 
@@ -56,7 +69,11 @@ class MemoryProbe:
                 snapshot = tracemalloc.take_snapshot().filter_traces(
                     [tracemalloc.Filter(False, pattern) for pattern in _IGNORED]
                 )
-                traced, peak = tracemalloc.get_traced_memory()
+                # Counted from the snapshot, not get_traced_memory(): that total
+                # includes the snapshots themselves (the baseline kept here is
+                # a few MiB of tuples), which would read as growth.
+                traced = sum(trace.size for trace in snapshot.traces)
+                peak = tracemalloc.get_traced_memory()[1]
                 if set_baseline:
                     self._baseline = snapshot
                 elif self._baseline is not None:
@@ -64,6 +81,7 @@ class MemoryProbe:
                         Growth(f"{s.traceback[0].filename}:{s.traceback[0].lineno}", s.size_diff, s.count_diff, s.size)
                         for s in snapshot.compare_to(self._baseline, "lineno")[:top]
                     ]
+            _malloc_trim()
             return Memory(tracing, traced, peak, _rss_bytes(), _threads(), _open_fds(), self._baseline is not None, growth)
 
 
