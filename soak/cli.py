@@ -46,11 +46,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         values["duration_s"] = parse_duration(args.duration)
     if args.interval:
         values["interval_s"] = parse_duration(args.interval)
-    duration = values.get("duration_s", Settings.duration_s)
+    defaults = Settings()
+    duration = values.get("duration_s", defaults.duration_s)
     if args.warmup:
         values["warmup_s"] = parse_duration(args.warmup)
     elif "warmup_s" not in values:
-        values["warmup_s"] = min(Settings.warmup_s, duration / 3)
+        values["warmup_s"] = min(defaults.warmup_s, duration / 3)
     extra = {"model_uri": args.model_uri} if args.model_uri else {}
     settings = Settings(seed=args.seed, serve_args=tuple(args.serve_arg), **values, **extra)  # type: ignore[arg-type]
     if settings.duration_s <= 0 or settings.interval_s <= 0 or settings.warmup_s >= settings.duration_s:

@@ -91,3 +91,13 @@ def test_answers_killed_clients_never_read_may_differ_by_at_most_what_they_lost(
     clients = {**CLIENTS, "OK": 77, "lost": 3}  # a killed client read 77 of the 80 answers written
     assert reconcile(SERVER, clients, killed_lost=3) == []
     assert reconcile(SERVER, clients, killed_lost=2) != []
+
+
+def test_command_line_settings_default_to_30_minutes_and_scale_the_warm_up():
+    from soak.cli import _parser, settings_from
+
+    full = settings_from(_parser().parse_args([]))
+    assert (full.duration_s, full.interval_s, full.warmup_s) == (1800, 30, 120)
+    assert settings_from(_parser().parse_args(["--duration", "90 s"])).warmup_s == 30
+    short = settings_from(_parser().parse_args(["--short"]))
+    assert (short.duration_s, short.interval_s, short.warmup_s) == (150, 5, 60)
