@@ -209,35 +209,27 @@ def model_info_message(backend: str, info: BackendInfo, batch_size: int, config:
 
 def add_to_server(servicer: GpuSidecarServicer, server: grpc.aio.Server) -> None:
     """As the generated add_GpuSidecarServicer_to_server, but Infer reads frames
-    with the lenient parser."""
+    with the lenient parser; the unary methods are read off the service descriptor."""
+    service = pb.DESCRIPTOR.services_by_name["GpuSidecar"]
     handlers = {
         "Infer": grpc.stream_stream_rpc_method_handler(
             servicer.Infer,
             request_deserializer=parse_stream_request,
             response_serializer=pb.InferStreamResponse.SerializeToString,
-        ),
-        "Ping": grpc.unary_unary_rpc_method_handler(
-            servicer.Ping, request_deserializer=pb.PingRequest.FromString,
-            response_serializer=pb.PingResponse.SerializeToString,
-        ),
-        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
-            servicer.GetModelInfo, request_deserializer=pb.GetModelInfoRequest.FromString,
-            response_serializer=pb.ModelInfo.SerializeToString,
-        ),
-        "GetMemoryReport": grpc.unary_unary_rpc_method_handler(
-            servicer.GetMemoryReport, request_deserializer=pb.MemoryReportRequest.FromString,
-            response_serializer=pb.MemoryReport.SerializeToString,
-        ),
-        "GetMetrics": grpc.unary_unary_rpc_method_handler(
-            servicer.GetMetrics, request_deserializer=pb.GetMetricsRequest.FromString,
-            response_serializer=pb.MetricsSnapshot.SerializeToString,
-        ),
+        )
     }
-    service = pb.DESCRIPTOR.services_by_name["GpuSidecar"].full_name
-    missing = set(pb.DESCRIPTOR.services_by_name["GpuSidecar"].methods_by_name) - set(handlers)
-    assert not missing, f"methods without a handler: {missing}"
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
+    for method in service.methods:
+        if method.name in handlers:
+            continue
+        assert not (method.client_streaming or method.server_streaming), f"{method.name}: a streaming method"
+        request, response = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def _packed_size(answer: Outgoing) -> int:
