@@ -163,7 +163,7 @@ async def killed(address: str, tally: Tally, pace: Pace, rng: random.Random) -> 
             reply = await asyncio.wait_for(call.read(), 10)
             if reply is not grpc.aio.EOF:
                 for r in reply.responses:
-                    tally.counts[grpc.StatusCode.OK.name if not r.HasField("error") else _code(r.error.code)] += 1
+                    tally.counts[_outcome(r)] += 1
                     answered += 1
         finally:
             await channel.close(grace=None)  # abrupt, as a killed process's socket
@@ -247,7 +247,7 @@ async def stop_reading(address: str, tally: Tally, pace: Pace, rng: random.Rando
             async for reply in call:
                 for r in reply.responses:
                     seen[r.request_id] += 1
-                    tally.counts[grpc.StatusCode.OK.name if not r.HasField("error") else _code(r.error.code)] += 1
+                    tally.counts[_outcome(r)] += 1
             twice = [i for i, k in seen.items() if k > 1]
             missing = n - len(seen)
             if twice or missing:
@@ -257,8 +257,12 @@ async def stop_reading(address: str, tally: Tally, pace: Pace, rng: random.Rando
     await _loop("stop_reading", body, tally, pace, pause_s=1.0)
 
 
-def _code(value: int) -> str:
-    return next((c.name for c in grpc.StatusCode if c.value[0] == value), "UNKNOWN")
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def _outcome(response: pb.InferResponse) -> str:
+    """The status code name a response counts under, as SidecarClient counts it."""
+    return _CODE_NAMES.get(response.error.code, "UNKNOWN") if response.HasField("error") else "OK"
 
 
 def scenarios() -> dict[str, Scenario]:

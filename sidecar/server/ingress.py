@@ -83,7 +83,7 @@ class Ingress:
         """Its long-lived structures' sizes, for the memory report (docs/soak.md)."""
         return {
             "streams": len(self._streams),
-            "outstanding": sum(s.life.outstanding for s in self._streams.values()),
+            "outstanding": self.outstanding,
             "outboxes": sum(s.life.to_write for s in self._streams.values()),
             "pending_inputs": len(self._pending),
             "pending_samples": len(self._end_to_end) + len(self._delivery),

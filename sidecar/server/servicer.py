@@ -131,14 +131,10 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                     return
                 frames += 1
                 if isinstance(message, Unparsable):
-                    detail = (
-                        f"message {frames} of this stream is not an InferStreamRequest ({message.size} bytes: "
-                        f"{message.error}); the stream was ended after answering the {life.read} request(s) read before it"
-                    )
                     held = _bad_frames.allow()
                     if held is not None:
                         event(log, "bad frame", level=logging.WARNING, stream=stream.id, bytes=message.size, held_back=held)
-                    ingress.bad_frame(stream, detail)
+                    _refuse(ingress, stream, frames, f"is not an InferStreamRequest ({message.size} bytes: {message.error})")
                     return
                 n = len(message.requests)
                 if n > life.window:
@@ -146,10 +142,9 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                     # GIL held: a message of a million tiny requests would stall
                     # every stream for seconds, and no client within its window
                     # can pack more than the window.
-                    ingress.bad_frame(stream, (
-                        f"message {frames} of this stream carries {n} requests, more than the stream's window of "
-                        f"{life.window} (sidecar.stream.max-outstanding); the stream was ended after answering the "
-                        f"{life.read} request(s) read before it"
+                    _refuse(ingress, stream, frames, (
+                        f"carries {n} requests, more than the stream's window of {life.window} "
+                        "(sidecar.stream.max-outstanding)"
                     ))
                     return
                 if n or message.cancel:
@@ -230,6 +225,15 @@ def add_to_server(servicer: GpuSidecarServicer, server: grpc.aio.Server) -> None
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _refuse(ingress: Ingress, stream: Stream, frame: int, why: str) -> None:
+    """Ends reading at a message the stream cannot take; the call then ends
+    INVALID_ARGUMENT, saying why, once what was read before it is answered."""
+    ingress.bad_frame(stream, (
+        f"message {frame} of this stream {why}; the stream was ended after answering the "
+        f"{stream.life.read} request(s) read before it"
+    ))
 
 
 def _packed_size(answer: Outgoing) -> int:
