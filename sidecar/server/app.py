@@ -267,7 +267,7 @@ class SidecarServer:
         started = time.monotonic()
         ingress = self._ingress
         self._draining = True
-        await self.health.set_ready(False)
+        await self._follow_readiness()  # NOT_READY, through the one applier, so no report overtakes it
         abandoned = 0
         completed = True
         if ingress is not None:
