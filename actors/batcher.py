@@ -14,6 +14,9 @@ from typing import Any
 
 import pykka
 
+from actors.base import SidecarActor
+from actors.inbox import Inbox, Wake, handle_wake
+from actors.metrics import reporting_to
 from actors.messages import (
     Connect,
     DispatchBatch,
@@ -55,8 +58,7 @@ from sidecar.core.batcher import (
 log = logging.getLogger(__name__)
 
 
-class BatcherActor(pykka.ThreadingActor):
-    use_daemon_thread = True
+class BatcherActor(SidecarActor):
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class BatcherActor(pykka.ThreadingActor):
         self._on_capacity = on_capacity
         self._on_fatal = on_fatal
         self._peers: Peers | None = None
+        self._to: _Outboxes | None = None
         self._timer = clock.timer(self._timer_fired)
         self._reported_depth = 0
 
@@ -91,6 +94,8 @@ class BatcherActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
+            case Wake():
+                handle_wake(message, self.on_receive)
             case (
                 RequestsAdmitted()
                 | TimerFired()
@@ -106,6 +111,7 @@ class BatcherActor(pykka.ThreadingActor):
                 self._loaded(executor, incarnation, info, error)
             case Connect(peers):
                 self._peers = peers
+                self._to = _Outboxes(peers)
             case GetSnapshot():
                 return {
                     "state": self._core.state.name,
@@ -130,8 +136,8 @@ class BatcherActor(pykka.ThreadingActor):
         self._step(ExecutorLoadFailed(executor, incarnation, why))
 
     def _step(self, event: Event) -> None:
-        peers = self._peers
-        assert peers is not None, "Connect must come first"
+        peers, to = self._peers, self._to
+        assert peers is not None and to is not None, "Connect must come first"
         try:
             actions = self._core.handle(event, self._clock.now())
         except BatcherError as e:
@@ -141,30 +147,30 @@ class BatcherActor(pykka.ThreadingActor):
             log.exception("batcher: failed to handle %s", type(event).__name__)
             if isinstance(event, RequestsAdmitted):
                 failure = Failure(Code.INTERNAL, "the sidecar failed to queue this request; it was not run")
-                peers.session.tell(FailRequests(tuple((r, failure) for r in event.admitted.requests)))
+                to.session.tell(FailRequests(tuple((r, failure) for r in event.admitted.requests)))
             return
         for action in actions:
             try:
-                self._carry_out(action, peers)
+                self._carry_out(action, peers, to)
             except pykka.ActorDeadError:  # a peer has stopped: the pipeline is stopping
                 log.debug("batcher: %s not delivered, its receiver has stopped", type(action).__name__)
         if self._core.queue_depth != self._reported_depth:
             self._reported_depth = self._core.queue_depth
             try:
-                peers.metrics.tell(QueueDepth(self._reported_depth))
+                to.metrics.tell(QueueDepth(self._reported_depth))
             except pykka.ActorDeadError:
                 pass
 
-    def _carry_out(self, action: Action, peers: Peers) -> None:
+    def _carry_out(self, action: Action, peers: Peers, to: _Outboxes) -> None:
         match action:
             case DispatchBatch(executor=executor):
                 peers.executors.ref(executor).tell(action)
             case FailRequests():
-                peers.session.tell(action)
+                to.session.tell(action)
             case ArmTimer(at):
                 self._timer.arm(at)
             case QueueReleased() | ServiceRate():
-                peers.admission.tell(action)
+                to.admission.tell(action)
             case ReplaceExecutor(executor, incarnation, reason):
                 log.warning("batcher: replacing backend instance %d: %s", executor, reason)
                 try:
@@ -191,3 +197,13 @@ class BatcherActor(pykka.ThreadingActor):
                 self._on_fatal(reason)
             case Drained():
                 self._on_drained()
+
+
+class _Outboxes:
+    """The batcher's inboxes at its peers (actors/inbox.py)."""
+
+    __slots__ = ("session", "admission", "metrics")
+
+    def __init__(self, peers: Peers) -> None:
+        self.session, self.admission = Inbox(peers.session), Inbox(peers.admission)
+        self.metrics = reporting_to(peers.metrics)

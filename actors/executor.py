@@ -27,6 +27,8 @@ from typing import Any
 
 import pykka
 
+from actors.base import SidecarActor
+from actors.inbox import Inbox
 from actors.messages import (
     BatchExecuted,
     BatchFailed,
@@ -49,9 +51,7 @@ from sidecar.core.tensors import ModelSpec, join_inputs, split_outputs
 log = logging.getLogger(__name__)
 
 
-class ExecutorActor(pykka.ThreadingActor):
-    # A hung backend call must not keep the process alive after shutdown.
-    use_daemon_thread = True
+class ExecutorActor(SidecarActor):
 
     def __init__(
         self,
@@ -73,6 +73,8 @@ class ExecutorActor(pykka.ThreadingActor):
         self._retired = retired
         self._spec: ModelSpec | None = None
         self._peers: Peers | None = None
+        # Per batch: free to the batcher, answers to the session, figures to metrics.
+        self._outboxes: tuple[Inbox, Inbox, Inbox] | None = None
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -83,6 +85,7 @@ class ExecutorActor(pykka.ThreadingActor):
                 return self._load(reply_to)
             case Connect(peers):
                 self._peers = peers
+                self._outboxes = (Inbox(peers.batcher), Inbox(peers.session), Inbox(peers.metrics))
             case _:
                 log.error("executor %d: unexpected message %r", self._index, message)
         return None
@@ -150,8 +153,9 @@ class ExecutorActor(pykka.ThreadingActor):
             log.exception("executor %d: backend close failed", self._index)
 
     def _run(self, batch: DispatchBatch) -> None:
-        peers, spec, backend = self._peers, self._spec, self._backend
-        assert peers is not None and spec is not None and backend is not None, "Connect and LoadBackend must come first"
+        outboxes, spec, backend = self._outboxes, self._spec, self._backend
+        assert outboxes is not None and spec is not None and backend is not None, "Connect and LoadBackend must come first"
+        to_batcher, to_session, to_metrics = outboxes
         requests = batch.requests
         started = self._clock.now()
         outputs = None
@@ -165,13 +169,13 @@ class ExecutorActor(pykka.ThreadingActor):
             return  # given up on while it ran: its requests were answered DEADLINE_EXCEEDED
         completed_at = self._clock.now()
         compute_s = completed_at - started
-        peers.batcher.tell(ExecutorFree(self._index, self._incarnation, compute_s))
+        to_batcher.tell(ExecutorFree(self._index, self._incarnation, compute_s))
         if outputs is not None:
-            peers.session.tell(BatchSucceeded(requests, outputs, BatchTiming(batch, compute_s, completed_at)))
+            to_session.tell(BatchSucceeded(requests, outputs, BatchTiming(batch, compute_s, completed_at)))
         else:
-            peers.session.tell(BatchFailed(tuple((r, failure) for r in requests), completed_at))
+            to_session.tell(BatchFailed(tuple((r, failure) for r in requests), completed_at))
         dispatched_at = batch.dispatched_at
-        peers.metrics.tell(
+        to_metrics.tell(
             BatchExecuted(
                 self._index,
                 len(requests),

@@ -66,6 +66,7 @@ __all__ = [
     "ExecutorReleased",
     "ExecutorUp",
     "FailRequests",
+    "FlushMetrics",
     "GetCounts",
     "GetSnapshot",
     "LoadBackend",
@@ -73,6 +74,7 @@ __all__ = [
     "Peers",
     "QueueDepth",
     "QueueReleased",
+    "RegisterSource",
     "RequestsAdmitted",
     "RequestsReceived",
     "ResponsesWritten",
@@ -210,6 +212,18 @@ class AnswersDropped:
     written: move them from their outcome to `cancelled`."""
 
     outcomes: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterSource:
+    """A sender's lazy inbox (actors/inbox.py) for the metrics actor to drain."""
+
+    inbox: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FlushMetrics:
+    """ask() only: take everything the lazy inboxes hold, then answer (before a read)."""
 
 
 @dataclass(frozen=True, slots=True)

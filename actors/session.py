@@ -24,6 +24,9 @@ from typing import Any
 
 import pykka
 
+from actors.base import SidecarActor
+from actors.inbox import Inbox, LazyInbox, Wake, handle_wake
+from actors.metrics import reporting_to
 from actors.messages import (
     AbandonAll,
     AdmitRequests,
@@ -67,8 +70,7 @@ OUTCOME_BY_CODE = {
 CANCELLED_BY_CLIENT = Failure(Code.CANCELLED, "cancelled by the client")
 
 
-class SessionActor(pykka.ThreadingActor):
-    use_daemon_thread = True
+class SessionActor(SidecarActor):
 
     def __init__(self, spec: ModelSpec, deliver: Deliver, clock: Clock) -> None:
         super().__init__()
@@ -77,6 +79,8 @@ class SessionActor(pykka.ThreadingActor):
         self._deliver = deliver
         self._clock = clock
         self._peers: Peers | None = None
+        self._to_admission: Inbox | None = None
+        self._to_metrics: LazyInbox | None = None
         self._uids = itertools.count(1)
         # open streams -> {request id awaiting an answer: (received_at, uid)}
         self._inflight: dict[int, dict[int, tuple[float, int]]] = {}
@@ -86,6 +90,8 @@ class SessionActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
+            case Wake():
+                handle_wake(message, self.on_receive)
             case RequestsReceived(items, received_at):
                 try:
                     self._received(items, received_at)
@@ -104,6 +110,7 @@ class SessionActor(pykka.ThreadingActor):
                 self._abandon_all(reason)
             case Connect(peers):
                 self._peers = peers
+                self._to_admission, self._to_metrics = Inbox(peers.admission), reporting_to(peers.metrics)
             case GetSnapshot():
                 return {
                     "open_streams": len(self._inflight),
@@ -156,11 +163,12 @@ class SessionActor(pykka.ThreadingActor):
                     continue
                 self._cancelling.add(pending[1])
                 withdraw.append((stream, request_id))
+        assert self._to_admission is not None
         if accepted:
-            self._peers.admission.tell(AdmitRequests(tuple(accepted)))
+            self._to_admission.tell(AdmitRequests(tuple(accepted)))
         if withdraw:  # queued ones come back CANCELLED; running ones are answered CANCELLED when done
             # Through admission, behind the requests it may name: the batcher must see them first.
-            self._peers.admission.tell(Withdraw(frozenset(withdraw), CANCELLED_BY_CLIENT.message))
+            self._to_admission.tell(Withdraw(frozenset(withdraw), CANCELLED_BY_CLIENT.message))
         self._emit(out, counts, unknown)
 
     def _fail_inputs(self, items: Sequence[StreamInput], received_at: float) -> None:
@@ -223,9 +231,9 @@ class SessionActor(pykka.ThreadingActor):
         if not ids:
             return
         self._gone.update(uid for _, uid in ids.values())
-        assert self._peers is not None
+        assert self._to_admission is not None
         # Through admission, behind this stream's last requests (see _received).
-        self._peers.admission.tell(Withdraw(frozenset((stream, i) for i in ids), reason))
+        self._to_admission.tell(Withdraw(frozenset((stream, i) for i in ids), reason))
 
     def _abandon_all(self, reason: str) -> None:
         failure = Failure(Code.UNAVAILABLE, reason)
@@ -246,5 +254,5 @@ class SessionActor(pykka.ThreadingActor):
     def _emit(self, out: dict[int, list[Outgoing]], counts: Counter[str], unknown: dict[int, list[int]]) -> None:
         if out or unknown:
             self._deliver(out, unknown)
-        if counts and self._peers is not None:
-            self._peers.metrics.tell(OutcomesCounted(tuple(counts.items())))
+        if counts and self._to_metrics is not None:
+            self._to_metrics.tell(OutcomesCounted(tuple(counts.items())))

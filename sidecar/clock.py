@@ -52,8 +52,13 @@ class ThreadTimer:
 
     def arm(self, at: float | None) -> None:
         with self._cond:
+            earlier = at is not None and (self._at is None or at < self._at)
             self._at = at
-            self._cond.notify()
+            # Later or disarmed: the thread finds out when it wakes for the old
+            # time and waits on. Re-arming happens per batch; a wake-up each
+            # time was a thread hand-off on the hot path.
+            if earlier:
+                self._cond.notify()
 
     def close(self) -> None:
         with self._cond:

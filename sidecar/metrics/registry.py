@@ -128,6 +128,9 @@ class MetricRegistry:
         self._threads: list[threading.Thread] = []
         self._started = False
         self._closed = False
+        # Called before a snapshot, so that it includes every update sent before
+        # it (the sidecar's metrics actor takes updates lazily: actors/metrics.py).
+        self.before_snapshot: Callable[[], None] | None = None
 
     @property
     def reporters(self) -> tuple[MetricReporter, ...]:
@@ -222,4 +225,9 @@ class MetricRegistry:
 
     def snapshot(self) -> list[MetricValue]:
         """Every metric read once, by identifier; non-numeric gauges left out."""
+        if self.before_snapshot is not None:
+            try:
+                self.before_snapshot()
+            except Exception as e:  # noqa: BLE001 - a read of what has arrived beats no read
+                event(log, "metrics flush before snapshot failed", logging.WARNING, error=repr(e))
         return [v for v in map(read_value, self.metrics()) if v is not None]

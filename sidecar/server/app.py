@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from actors.messages import AbandonAll, Drain, GetSnapshot
+from actors.messages import AbandonAll, Drain, FlushMetrics, GetSnapshot
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.backends import registry
 from sidecar.backends.base import Backend
@@ -50,6 +50,8 @@ log = logging.getLogger("sidecar.server")
 ABANDON_GRACE_S = 5.0
 # How long stopping waits for actors (a hung executor is left behind).
 ACTOR_STOP_S = 0.5
+# A GetMetrics snapshot waits at most this long for the metrics actor to catch up.
+SNAPSHOT_FLUSH_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,8 @@ class SidecarServer:
         info = self._pipeline.info
         self._servicer.model_info = model_info_message(backends[0].name, info, self._pipeline.batch_size, config)
         self._ingress.attach(self._pipeline.peers.session, self._pipeline.peers.metrics)
+        metrics_ref = self._pipeline.peers.metrics
+        self.metric_registry.before_snapshot = lambda: metrics_ref.ask(FlushMetrics(), timeout=SNAPSHOT_FLUSH_TIMEOUT_S)
         self._servicer.structures = self._structures
         event(
             log, "backend loaded", backend=backends[0].name, instances=config.instances,

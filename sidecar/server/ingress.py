@@ -2,8 +2,10 @@
 
 Requests read from any stream during one pass of the event loop are sent to the
 session actor as ONE message: the flush is scheduled with `call_soon`, so it runs
-after every reader that woke in the same pass. Answers come back from actor
-threads once per batch and are routed to their stream's outbox here.
+after every reader that woke in the same pass; passes that come while the session
+is still busy share one wake-up of it (actors/inbox.py). Answers come back from
+actor threads once per batch and are routed to their stream's outbox here; the
+loop is woken once for all the answers that arrive while it is busy.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import asyncio
 import itertools
 import logging
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
 import pykka
 
+from actors.inbox import Inbox, LazyInbox
+from actors.metrics import reporting_to
 from actors.messages import AnswersDropped, RequestsReceived, ResponsesWritten, StreamClosed, StreamInput
 from actors.session import Outgoing
 from sidecar.clock import Clock
@@ -56,6 +60,11 @@ class Ingress:
         self._window = window
         self._session: pykka.ActorRef[Any] | None = None
         self._metrics: pykka.ActorRef[Any] | None = None
+        self._to_session: Inbox | None = None
+        self._to_metrics: LazyInbox | None = None
+        # Answers from actor threads, waiting for the loop; one wake-up at a time.
+        self._arrived: deque[tuple[dict[int, list[Outgoing]], dict[int, list[int]] | None]] = deque()
+        self._arrival_scheduled = False
         self._streams: dict[int, Stream] = {}
         self._ids = itertools.count(1)
         self._pending: list[StreamInput] = []
@@ -70,6 +79,7 @@ class Ingress:
     def attach(self, session: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]) -> None:
         self._session = session
         self._metrics = metrics
+        self._to_session, self._to_metrics = Inbox(session), reporting_to(metrics)
 
     @property
     def open_streams(self) -> int:
@@ -153,8 +163,24 @@ class Ingress:
             self._idle.set()
 
     def deliver(self, out: dict[int, list[Outgoing]], unknown_cancels: dict[int, list[int]] | None = None) -> None:
-        """Called from actor threads."""
-        self._loop.call_soon_threadsafe(self._route, out, unknown_cancels)
+        """Called from actor threads. Same hand-off as actors/inbox.py: the flag is
+        cleared before the queue is drained, and set after an append."""
+        self._arrived.append((out, unknown_cancels))
+        if self._arrival_scheduled:
+            return
+        self._arrival_scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._route_arrived)
+        except RuntimeError:  # the loop is closed: nobody is left to write answers
+            self._arrival_scheduled = False
+            self._arrived.clear()
+            raise
+
+    def _route_arrived(self) -> None:
+        self._arrival_scheduled = False
+        arrived = self._arrived
+        for _ in range(len(arrived)):
+            self._route(*arrived.popleft())
 
     def written(self, stream: Stream, sent: list[Outgoing]) -> None:
         """The servicer wrote these: record their end-to-end and delivery times.
@@ -181,19 +207,19 @@ class Ingress:
 
     def _flush_written(self) -> None:
         self._written_flush_scheduled = False
-        assert self._metrics is not None
+        assert self._to_metrics is not None
         end_to_end, delivery = tuple(self._end_to_end), tuple(self._delivery)
         self._end_to_end.clear()
         self._delivery.clear()
-        self._metrics.tell(ResponsesWritten(end_to_end, delivery))
+        self._to_metrics.tell(ResponsesWritten(end_to_end, delivery))
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._pending:
             return
         items, self._pending = self._pending, []
-        assert self._session is not None, "attach() before serving"
-        self._session.tell(RequestsReceived(items, self._clock.now()))
+        assert self._to_session is not None, "attach() before serving"
+        self._to_session.tell(RequestsReceived(items, self._clock.now()))
 
     def _route(self, out: dict[int, list[Outgoing]], unknown_cancels: dict[int, list[int]] | None) -> None:
         for stream_id, ids in (unknown_cancels or {}).items():
@@ -218,5 +244,5 @@ class Ingress:
         if not answers or self._metrics is None:
             return
         outcomes = Counter(outcome for _, _, _, outcome in answers if outcome is not None)
-        if outcomes:
-            self._metrics.tell(AnswersDropped(tuple(outcomes.items())))
+        if outcomes and self._to_metrics is not None:
+            self._to_metrics.tell(AnswersDropped(tuple(outcomes.items())))
