@@ -113,6 +113,7 @@ class StreamInput:
     requests: Sequence[Any]  # wire InferRequest messages, converted and validated by the session
     cancels: Sequence[int]  # request ids to cancel
     deadline: float  # the stream's own gRPC deadline (absolute), math.inf if none
+    batches: Sequence[Any] = ()  # wire InferBatch messages: items in batch-major form
 
 
 @dataclass(frozen=True, slots=True)

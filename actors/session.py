@@ -47,7 +47,7 @@ from sidecar.clock import Clock
 from sidecar.core.request import Request
 from sidecar.core.status import Code, Failure
 from sidecar.core.tensors import InvalidTensors, ModelSpec
-from sidecar.rpc.convert import error_response, ok_response, output_templates, timing, to_request
+from sidecar.rpc.convert import batch_items, error_response, ok_response, output_templates, timing, to_request
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ class SessionActor(SidecarActor):
                     response = error_response(p.request_id, Failure(Code.INVALID_ARGUMENT, failure))
                     out.setdefault(stream, []).append((response, received_at, received_at, "invalid"))
                     counts["invalid"] += 1
+            for b in item.batches:
+                self._received_batch(b, item, ids, received_at, accepted, out, counts)
             for request_id in item.cancels:
                 pending = ids.get(request_id)
                 if pending is None:
@@ -171,17 +173,56 @@ class SessionActor(SidecarActor):
             self._to_admission.tell(Withdraw(frozenset(withdraw), CANCELLED_BY_CLIENT.message))
         self._emit(out, counts, unknown)
 
+    def _received_batch(
+        self,
+        b: Any,
+        item: StreamInput,
+        ids: dict[int, tuple[float, int]],
+        received_at: float,
+        accepted: list[Request],
+        out: dict[int, list[Outgoing]],
+        counts: Counter[str],
+    ) -> None:
+        """Items in batch-major form become requests of their own, each holding
+        views of the batch's tensors (no copy). A batch that does not fit the
+        model fails every item; an id already in flight fails only itself."""
+        stream, request_ids = item.stream, b.request_ids
+        counts["received"] += len(request_ids)
+        if not request_ids:
+            return
+        try:
+            rows, deadline = batch_items(b, received_at, self._spec.inputs, item.deadline)
+        except InvalidTensors as e:
+            why = f"batch of {len(request_ids)} item(s): {e}"
+            failure, bad = Failure(Code.INVALID_ARGUMENT, why), out.setdefault(stream, [])
+            for request_id in request_ids:
+                bad.append((error_response(request_id, failure), received_at, received_at, "invalid"))
+            counts["invalid"] += len(request_ids)
+            return
+        timing, uids = b.return_timing, self._uids
+        for request_id, row in zip(request_ids, rows):
+            if request_id in ids:
+                failure = Failure(Code.INVALID_ARGUMENT, f"request id {request_id} is already in flight on this stream")
+                response = error_response(request_id, failure)
+                out.setdefault(stream, []).append((response, received_at, received_at, "invalid"))
+                counts["invalid"] += 1
+                continue
+            uid = next(uids)
+            accepted.append(Request(stream, request_id, row, received_at, deadline, timing, uid))
+            ids[request_id] = (received_at, uid)
+
     def _fail_inputs(self, items: Sequence[StreamInput], received_at: float) -> None:
         """Answers INTERNAL every request of a message that could not be taken in."""
         failure = Failure(Code.INTERNAL, "the sidecar failed to take in this request; it was not run")
         out: dict[int, list[Outgoing]] = {}
         for item in items:
             ids = self._inflight.get(item.stream, {})
-            for p in item.requests:
-                pending = ids.get(p.request_id)
+            request_ids = [p.request_id for p in item.requests] + [i for b in item.batches for i in b.request_ids]
+            for request_id in request_ids:
+                pending = ids.get(request_id)
                 if pending is not None and pending[0] == received_at:
-                    del ids[p.request_id]  # taken in just before the failure: not sent on
-                response = error_response(p.request_id, failure)
+                    del ids[request_id]  # taken in just before the failure: not sent on
+                response = error_response(request_id, failure)
                 out.setdefault(item.stream, []).append((response, received_at, received_at, "failed"))
         n = sum(len(v) for v in out.values())
         self._emit(out, Counter({"received": n, "failed": n}), {})

@@ -54,6 +54,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
 from sidecar.core.tensors import DTYPES
+from sidecar.packing import MIN_BATCH, Row, pack, row_of
 from sidecar.reconnect import ReconnectPolicy
 from sidecar.retry import RetryPolicy
 from sidecar.rpc.convert import duration, retry_after_s
@@ -143,10 +144,13 @@ class SidecarClient:
         retry: RetryPolicy | None = None,
         reconnect: ReconnectPolicy | None = None,
         max_in_flight: int | None = None,
+        batch_major: bool = True,
     ) -> None:
         """`max_in_flight=None` takes the window from the server's limits at connect
         (DEFAULT_MAX_IN_FLIGHT if it cannot tell); `reconnect=None` leaves a dead
-        stream dead."""
+        stream dead. With `batch_major` (and max_pack > 1), alike requests packed
+        into one message go in batch-major form where the server reads it
+        (sidecar/packing.py)."""
         if max_pack < 1:
             raise ValueError("max_pack must be >= 1")
         if max_in_flight is not None and max_in_flight < 1:
@@ -157,6 +161,9 @@ class SidecarClient:
         self._window = max_in_flight or DEFAULT_MAX_IN_FLIGHT
         self._target = grpc_address(target)
         self._max_pack = max_pack
+        self._want_batches = batch_major and max_pack > 1
+        self._send_batches = False  # the server on the open stream reads batch-major items
+        self._rows: dict[int, Row] = {}  # unsent requests' inputs, for batch-major packing
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -292,19 +299,19 @@ class SidecarClient:
 
     def submit_timed(self, inputs: Arrays, *, timeout_s: float | None = None) -> asyncio.Future[TimedResult]:
         """As `submit`, but the server adds per-stage timing: resolves to a TimedResult."""
-        request = self._request(inputs, timeout_s)
-        request.return_timing = True
-        return self.submit_raw(request)  # type: ignore[return-value]
+        return self.submit_raw(self._request(inputs, timeout_s, return_timing=True))  # type: ignore[return-value]
 
     def submit_raw(self, request: pb.InferRequest) -> asyncio.Future[Any]:
         """Queues a prepared request as is (its id must not be in flight); for tests and tools."""
         if self._closing:
+            self._rows.pop(request.request_id, None)
             raise RuntimeError("client is closed")
         if request.request_id in self._futures:
             raise ValueError(f"request id {request.request_id} is already in flight on this stream")
         future = asyncio.get_running_loop().create_future()
         link = self._link
         if link is None:
+            self._rows.pop(request.request_id, None)
             self.counts["unsent"] += 1
             future.set_exception(self._refusal())
             return future
@@ -317,6 +324,7 @@ class SidecarClient:
         """Asks the server to cancel one request of this stream; its future then
         resolves CANCELLED (or with its result, if that was already on its way).
         One still waiting for the window is never sent: it fails CANCELLED here."""
+        self._rows.pop(request_id, None)
         if self._unsent.pop(request_id, None) is not None:
             future = self._futures.pop(request_id)
             self.counts["unsent"] += 1
@@ -361,11 +369,13 @@ class SidecarClient:
     async def _open(self, channel: grpc.aio.Channel) -> bool:
         """Opens the stream on `channel`; False if the client began closing meanwhile."""
         stub = pb_grpc.GpuSidecarStub(channel)
-        window = self._max_in_flight or await self._server_window(stub)
+        limits = await self._server_limits(stub) if self._max_in_flight is None or self._want_batches else None
+        window = self._max_in_flight or (window_from_limits(limits) if limits is not None else DEFAULT_MAX_IN_FLIGHT)
         if self._stay_down or self._link is not None:
             return False
         link = _Link(channel, stub, stub.Infer(), window)
         self._window = window
+        self._send_batches = self._want_batches and limits is not None and limits.batch_major_requests
         self._link = link
         self._down_event.clear()
         self._up_event.set()
@@ -373,12 +383,12 @@ class SidecarClient:
         return True
 
     @staticmethod
-    async def _server_window(stub: pb_grpc.GpuSidecarStub) -> int:
+    async def _server_limits(stub: pb_grpc.GpuSidecarStub) -> pb.Limits | None:
         try:
             info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=MODEL_INFO_TIMEOUT_S)
         except grpc.aio.AioRpcError:
-            return DEFAULT_MAX_IN_FLIGHT  # an old server, one still loading, or none there yet
-        return window_from_limits(info.limits)
+            return None  # an old server, one still loading, or none there yet
+        return info.limits
 
     def _refusal(self) -> InferError:
         state = "reconnecting" if self._reconnecting is not None else "not reconnecting"
@@ -441,6 +451,7 @@ class SidecarClient:
         """Fails every unsettled request with (a copy of) `error`."""
         futures, self._futures = self._futures, {}
         unsent, self._unsent = self._unsent, {}
+        self._rows.clear()
         self._cancels.clear()
         for request_id, future in futures.items():
             self.counts["unsent" if request_id in unsent else sent_as] += 1
@@ -506,8 +517,14 @@ class SidecarClient:
 
         inner.add_done_callback(settle)
 
-    def _request(self, inputs: Arrays, timeout_s: float | None) -> pb.InferRequest:
-        request = pb.InferRequest(request_id=next(self._ids), inputs=[to_tensor(n, v) for n, v in inputs.items()])
+    def _request(self, inputs: Arrays, timeout_s: float | None, return_timing: bool = False) -> pb.InferRequest:
+        request_id = next(self._ids)
+        if self._want_batches:
+            row, tensors = row_of(inputs, timeout_s, return_timing)
+            self._rows[request_id] = row  # dropped by submit_raw if the stream is down
+        else:
+            tensors = [to_tensor(n, v) for n, v in inputs.items()]
+        request = pb.InferRequest(request_id=request_id, inputs=tensors, return_timing=return_timing)
         if timeout_s is not None:
             request.timeout.CopyFrom(duration(timeout_s))
         return request
@@ -526,11 +543,18 @@ class SidecarClient:
                     continue
                 ids = list(itertools.islice(self._unsent, max(0, min(room, self._max_pack))))
                 batch = [self._unsent.pop(i) for i in ids]
+                rows = self._rows
+                batches: list[pb.InferBatch] = []
+                if rows:
+                    if self._send_batches and len(ids) >= MIN_BATCH:
+                        batch, batches = pack(ids, batch, rows, duration)
+                    for i in ids:
+                        rows.pop(i, None)
                 cancels, self._cancels = self._cancels, []
-                if batch:
-                    self.counts["sent"] += len(batch)
+                if ids:
+                    self.counts["sent"] += len(ids)
                     self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-                await link.call.write(pb.InferStreamRequest(requests=batch, cancel=cancels))
+                await link.call.write(pb.InferStreamRequest(requests=batch, cancel=cancels, batches=batches))
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as e:

@@ -10,7 +10,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -102,6 +102,72 @@ def input_bytes(inputs: Sequence[TensorLike], specs: Sequence[TensorSpec]) -> tu
         else:
             return tuple(out)
     return tuple([t.data for t in order_inputs(inputs, specs)])
+
+
+def batch_input_bytes(inputs: Sequence[TensorLike], specs: Sequence[TensorSpec], n: int) -> tuple[bytes, ...]:
+    """As `input_bytes`, for batch-major inputs of `n` items (shape [n, *spec.shape]):
+    returns each input's bytes for all n items, in spec order. Item i of an input
+    is bytes [i * spec.nbytes, (i + 1) * spec.nbytes) of it."""
+    if len(inputs) == len(specs):
+        out = []
+        for t, s in zip(inputs, specs):
+            shape = t.shape
+            if not (
+                len(shape) == len(s.shape) + 1
+                and shape[0] == n
+                and list(shape[1:]) == s.shape_list
+                and t.name == s.name
+                and t.dtype == s.dtype
+                and len(data := t.data) == n * s.nbytes
+            ):
+                break
+            out.append(data)
+        else:
+            return tuple(out)
+    scan = len(specs) + MAX_SHOWN_NAMES + 1
+    for t in itertools.islice(inputs, scan):  # the leading dim first: the rest is per item
+        shape = t.shape
+        if len(shape) > MAX_DIMS + 1:
+            raise InvalidTensors(f"input {quote(t.name)}: shape {quote_shape(shape)} has more than {MAX_DIMS + 1} dims")
+        if len(shape) == 0 or shape[0] != n:
+            raise InvalidTensors(
+                f"input {quote(t.name)}: shape {quote_shape(shape)} must lead with the batch's {n} item(s)"
+            )
+    ordered = order_inputs(_Items(inputs, n), specs)
+    for item, spec in zip(ordered, specs):
+        if len(item.whole) != n * spec.nbytes:
+            raise InvalidTensors(
+                f"input {quote(spec.name)}: {len(item.whole)} bytes, but {n} x {spec.dtype} x "
+                f"{quote_shape(spec.shape)} needs {n * spec.nbytes}"
+            )
+    return tuple(item.whole for item in ordered)
+
+
+class _Item:
+    """Item 0's view of a batch-major tensor: what `order_inputs` checks per item."""
+
+    __slots__ = ("name", "dtype", "shape", "data", "whole")
+
+    def __init__(self, t: TensorLike, n: int) -> None:
+        self.name, self.dtype, self.shape = t.name, t.dtype, list(t.shape)[1:]
+        self.whole = t.data
+        share, rest = divmod(len(self.whole), n)
+        self.data = memoryview(self.whole)[:share] if not rest else self.whole
+
+
+class _Items(Sequence[_Item]):
+    """Views made as `order_inputs` reads them: it reads a bounded number."""
+
+    def __init__(self, inputs: Sequence[TensorLike], n: int) -> None:
+        self._inputs, self._n = inputs, n
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [_Item(t, self._n) for t in self._inputs[i]]
+        return _Item(self._inputs[i], self._n)
 
 
 def order_inputs(inputs: Sequence[TensorLike], specs: Sequence[TensorSpec]) -> tuple[TensorLike, ...]:

@@ -12,7 +12,7 @@ from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.core.quote import clip
 from sidecar.core.request import Request
 from sidecar.core.status import Failure
-from sidecar.core.tensors import InvalidTensors, TensorSpec, input_bytes
+from sidecar.core.tensors import InvalidTensors, TensorSpec, batch_input_bytes, input_bytes
 from sidecar.metrics.registry import MetricValue
 
 # The longest error message an answer carries. Messages that quote a client's text
@@ -35,13 +35,31 @@ def to_request(
 
     Its deadline is the earlier of its own timeout and its stream's gRPC deadline.
     """
-    deadline = stream_deadline
-    if p.HasField("timeout"):
-        timeout = p.timeout.seconds + p.timeout.nanos / 1e9
-        if timeout <= 0:
-            raise InvalidTensors(f"timeout must be positive, got {timeout * 1000:g} ms")
-        deadline = min(deadline, received_at + timeout)
+    deadline = _deadline(p, received_at, stream_deadline)
     return Request(stream, p.request_id, input_bytes(p.inputs, specs), received_at, deadline, p.return_timing, uid)
+
+
+def batch_items(
+    b: pb.InferBatch, received_at: float, specs: Sequence[TensorSpec], stream_deadline: float = math.inf
+) -> tuple[list[tuple[memoryview, ...]], float]:
+    """The per-item input bytes of a batch-major InferBatch (zero-copy views of
+    its tensors, row i for request_ids[i]) and the items' deadline. Raises
+    InvalidTensors (for every item alike) naming what is wrong."""
+    n = len(b.request_ids)
+    deadline = _deadline(b, received_at, stream_deadline)
+    whole = [memoryview(data) for data in batch_input_bytes(b.inputs, specs, n)]
+    sizes = [s.nbytes for s in specs]
+    columns = [[m[i * size : (i + 1) * size] for i in range(n)] for m, size in zip(whole, sizes)]
+    return list(zip(*columns)) if columns else [() for _ in range(n)], deadline
+
+
+def _deadline(p: pb.InferRequest | pb.InferBatch, received_at: float, stream_deadline: float) -> float:
+    if not p.HasField("timeout"):
+        return stream_deadline
+    timeout = p.timeout.seconds + p.timeout.nanos / 1e9
+    if timeout <= 0:
+        raise InvalidTensors(f"timeout must be positive, got {timeout * 1000:g} ms")
+    return min(stream_deadline, received_at + timeout)
 
 
 def output_templates(specs: Sequence[TensorSpec]) -> tuple[pb.Tensor, ...]:

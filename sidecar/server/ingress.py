@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 NOT_READY = Failure(Code.UNAVAILABLE, "the sidecar is starting: the model is not loaded yet; retry shortly")
 
 
+def batch_items(batches: Sequence[Any]) -> int:
+    """Requests carried in batch-major form (InferBatch messages)."""
+    return sum(len(b.request_ids) for b in batches)
+
+
 class Stream:
     """One Infer call, touched only on the event loop. What it has read, owes and
     wrote is its lifecycle's business (sidecar/core/stream.py)."""
@@ -129,18 +134,21 @@ class Ingress:
             return False
         return True
 
-    def submit(self, stream: Stream, requests: Sequence[Any], cancels: Sequence[int] = ()) -> None:
+    def submit(
+        self, stream: Stream, requests: Sequence[Any], cancels: Sequence[int] = (), batches: Sequence[Any] = ()
+    ) -> None:
         if stream.life.phase is Phase.GONE:
             return  # read as its call died: nobody is left to answer, and it was never counted
-        stream.life.handle(Read(len(requests), len(cancels)))
+        stream.life.handle(Read(len(requests) + batch_items(batches), len(cancels)))
         if self._session is None:
             now = self._clock.now()
             # Not counted: no pipeline, no metrics yet.
-            stream.life.answered([(error_response(r.request_id, NOT_READY), now, now, None) for r in requests])
+            ids = [r.request_id for r in requests] + [i for b in batches for i in b.request_ids]
+            stream.life.answered([(error_response(i, NOT_READY), now, now, None) for i in ids])
             stream.life.unknown_cancels(cancels)
             stream.wake()
             return
-        self._pending.append(StreamInput(stream.id, requests, cancels, stream.deadline))
+        self._pending.append(StreamInput(stream.id, requests, cancels, stream.deadline, batches))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)

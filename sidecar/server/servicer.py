@@ -21,7 +21,7 @@ from sidecar.metrics.registry import MetricRegistry
 from sidecar.rpc.convert import duration, metrics_snapshot, tensor_spec
 from sidecar.core.stream import Phase
 from sidecar.logs import Throttle, event
-from sidecar.server.ingress import Ingress, Stream
+from sidecar.server.ingress import Ingress, Stream, batch_items
 from sidecar.server.memory_report import MemoryProbe
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                         event(log, "bad frame", level=logging.WARNING, stream=stream.id, bytes=message.size, held_back=held)
                     _refuse(ingress, stream, frames, f"is not an InferStreamRequest ({message.size} bytes: {message.error})")
                     return
-                n = len(message.requests)
+                batches = message.batches
+                n = len(message.requests) + (batch_items(batches) if batches else 0)
                 if n > life.window:
                     # Each request costs the session a few microseconds with the
                     # GIL held: a message of a million tiny requests would stall
@@ -148,7 +149,7 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                     ))
                     return
                 if n or message.cancel:
-                    ingress.submit(stream, message.requests, message.cancel)
+                    ingress.submit(stream, message.requests, message.cancel, batches)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the call broke under the read; the writer finds out on its own
@@ -198,6 +199,7 @@ def model_info_message(backend: str, info: BackendInfo, batch_size: int, config:
             max_outstanding_per_stream=config.max_outstanding,
             max_queued_per_stream=config.max_per_stream,
             response_pack_bytes=config.response_pack_bytes,
+            batch_major_requests=True,
         ),
     )
 

@@ -34,13 +34,27 @@ class InferRequest(_message.Message):
     return_timing: bool
     def __init__(self, request_id: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., return_timing: _Optional[bool] = ...) -> None: ...
 
+class InferBatch(_message.Message):
+    __slots__ = ("request_ids", "inputs", "timeout", "return_timing")
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TIMING_FIELD_NUMBER: _ClassVar[int]
+    request_ids: _containers.RepeatedScalarFieldContainer[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    timeout: _duration_pb2.Duration
+    return_timing: bool
+    def __init__(self, request_ids: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., return_timing: _Optional[bool] = ...) -> None: ...
+
 class InferStreamRequest(_message.Message):
-    __slots__ = ("requests", "cancel")
+    __slots__ = ("requests", "cancel", "batches")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[InferRequest]
     cancel: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, requests: _Optional[_Iterable[_Union[InferRequest, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
+    batches: _containers.RepeatedCompositeFieldContainer[InferBatch]
+    def __init__(self, requests: _Optional[_Iterable[_Union[InferRequest, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., batches: _Optional[_Iterable[_Union[InferBatch, _Mapping]]] = ...) -> None: ...
 
 class InferResponse(_message.Message):
     __slots__ = ("request_id", "outputs", "error", "timing")
@@ -99,7 +113,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_batch_size", "batch_timeout", "max_queue_length", "max_queue_wait", "instances", "max_inflight_batches_per_instance", "max_message_bytes", "max_outstanding_per_stream", "max_queued_per_stream", "response_pack_bytes")
+    __slots__ = ("max_batch_size", "batch_timeout", "max_queue_length", "max_queue_wait", "instances", "max_inflight_batches_per_instance", "max_message_bytes", "max_outstanding_per_stream", "max_queued_per_stream", "response_pack_bytes", "batch_major_requests")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +124,7 @@ class Limits(_message.Message):
     MAX_OUTSTANDING_PER_STREAM_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUED_PER_STREAM_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_PACK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_MAJOR_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     batch_timeout: _duration_pb2.Duration
     max_queue_length: int
@@ -120,7 +135,8 @@ class Limits(_message.Message):
     max_outstanding_per_stream: int
     max_queued_per_stream: int
     response_pack_bytes: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., batch_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_queue_length: _Optional[int] = ..., max_queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., instances: _Optional[int] = ..., max_inflight_batches_per_instance: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_outstanding_per_stream: _Optional[int] = ..., max_queued_per_stream: _Optional[int] = ..., response_pack_bytes: _Optional[int] = ...) -> None: ...
+    batch_major_requests: bool
+    def __init__(self, max_batch_size: _Optional[int] = ..., batch_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_queue_length: _Optional[int] = ..., max_queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., instances: _Optional[int] = ..., max_inflight_batches_per_instance: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_outstanding_per_stream: _Optional[int] = ..., max_queued_per_stream: _Optional[int] = ..., response_pack_bytes: _Optional[int] = ..., batch_major_requests: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("backend", "model_uri", "inputs", "outputs", "limits")
