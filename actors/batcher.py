@@ -149,17 +149,19 @@ class BatcherActor(SidecarActor):
                 failure = Failure(Code.INTERNAL, "the sidecar failed to queue this request; it was not run")
                 to.session.tell(FailRequests(tuple((r, failure) for r in event.admitted.requests)))
             return
-        for action in actions:
-            try:
-                self._carry_out(action, peers, to)
-            except pykka.ActorDeadError:  # a peer has stopped: the pipeline is stopping
-                log.debug("batcher: %s not delivered, its receiver has stopped", type(action).__name__)
+        # The depth first: once a batch is dispatched its answers may be counted
+        # before this step ends, and a reader that sees them must see the depth too.
         if self._core.queue_depth != self._reported_depth:
             self._reported_depth = self._core.queue_depth
             try:
                 to.metrics.tell(QueueDepth(self._reported_depth))
             except pykka.ActorDeadError:
                 pass
+        for action in actions:
+            try:
+                self._carry_out(action, peers, to)
+            except pykka.ActorDeadError:  # a peer has stopped: the pipeline is stopping
+                log.debug("batcher: %s not delivered, its receiver has stopped", type(action).__name__)
 
     def _carry_out(self, action: Action, peers: Peers, to: _Outboxes) -> None:
         match action:

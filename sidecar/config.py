@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sidecar.core.admission import AdmissionLimits
-from sidecar.core.batcher import BatchLimits
+from sidecar.core.batcher import BatchLimits, Dispatch
 from sidecar.server.endpoint import grpc_address
 from sidecar.units import DURATION_SYNTAX, SIZE_SYNTAX, format_duration, format_size, parse_duration, parse_size
 
@@ -109,6 +109,7 @@ class SidecarConfig:
     instances: int = key("sidecar.model.instances", _integer(1), "backend instances, each with its own executor thread", 1)
     max_batch_size: int = key("sidecar.batch.max-size", _integer(1), "largest batch; the smaller of this and the backend's own limit is used", 32)
     batch_timeout_s: float = key("sidecar.batch.timeout", _duration(False), "the batch window, counted from the oldest queued request", 0.002)
+    batch_dispatch: str = key("sidecar.batch.dispatch", _choice(*(d.value for d in Dispatch)), "eager-when-idle: an instance with no batch in flight takes what is queued at once, and a busy one's next batch collects until it is due to run dry (the window stands in until a batch is timed); window: a partial batch waits out the window wherever it goes", Dispatch.EAGER_WHEN_IDLE.value)
     max_inflight_batches: int = key("sidecar.batch.max-inflight", _integer(1), "batches one executor holds at once; 2 keeps the next batch ready so the backend never idles for a round trip", 2)
     max_queue_length: int = key("sidecar.queue.max-length", _integer(1), "requests that may wait; beyond it RESOURCE_EXHAUSTED at once", 4096)
     max_per_stream: int = key("sidecar.queue.max-per-stream", _integer(0), "requests one stream may have queued; beyond it RESOURCE_EXHAUSTED, so one hot stream cannot fill the queue while others wait; 0 means no per-stream limit", 0)
@@ -161,6 +162,7 @@ class SidecarConfig:
             self.backend_timeout_s,
             max_hung=self.max_hung,
             reload_attempts=self.reload_attempts,
+            dispatch=Dispatch(self.batch_dispatch),
         )
 
 

@@ -6,7 +6,8 @@ reload backoff, hung instances still stuck). The state is derived from the queue
 and three flags, never stored on its own:
 
     IDLE        nothing queued, not draining
-    COLLECTING  requests queued; waiting for a full batch, the window, or a free executor
+    COLLECTING  requests queued; waiting for a full batch, the window (or a busy executor
+                to run dry: rule 6), or a free executor
     DRAINING    drain asked; queued requests go out as soon as executors have room
     CLOSED      drained: nothing queued, no batch in flight; final
     FAILED      fatal: more hung instances stuck than max_hung, or no instance up and
@@ -59,10 +60,21 @@ After every event, in this order (CLOSED and FAILED skip them all):
 5. no executor up: every queued request fails UNAVAILABLE at once ("no backend
    instance is up"), with a retry hint (until the next reload is due), instead
    of waiting to expire;
-6. dispatch, while an executor is up and has a free slot, when
+6. dispatch, while an executor is up and has a free slot (the least loaded one is
+   chosen, lowest id on ties: an idle one, if any is), when
 
-       draining  or  queued >= max_batch_size  or  now >= oldest.enqueued_at + window
-       or  some request must leave now to finish by its deadline (deadline - estimate <= now)
+       draining  or  queued >= max_batch_size  or  now >= due
+       or  the chosen executor is idle (no batch in flight on it) and some request
+           must leave now to finish by its deadline (deadline - estimate <= now)
+
+   where `due` depends on the dispatch policy (BatchLimits.dispatch, the key
+   sidecar.batch.dispatch; see below):
+
+       window            oldest.enqueued_at + window
+       eager-when-idle   at once if the chosen executor is idle; if it is busy, when
+                         it is due to run dry: its head batch's start + batches on
+                         it x estimate (oldest.enqueued_at + window until a batch
+                         has been timed)
 
    taking urgent requests first (earliest deadline first), then one request per
    stream in turn (fair_queue.py). A slot behind other batches on a busy executor
@@ -75,6 +87,43 @@ After every event, in this order (CLOSED and FAILED skip them all):
    idle executor or for rule 7;
 7. a request that can no longer finish by its deadline (deadline - estimated
    compute time has passed) is failed DEADLINE_EXCEEDED instead of wasting compute.
+
+Dispatch policy. `window` holds a partial batch for the window wherever it is
+going. `eager-when-idle` (the sidecar's default) holds one only while it would
+have to wait anyway:
+
+- An idle executor takes what is queued at once. The window trades a request's
+  latency for a fuller batch, which pays only while compute is scarce; an idle
+  executor is compute going spare, and a lone request held beside it waits the
+  whole window for company that at low load does not come (1 in flight: window
+  + compute, instead of compute).
+- The free slot of a busy executor (behind its running batch) takes a partial
+  batch when the executor is due to run dry, not when the window ends. The batch
+  could not start sooner either way, so holding it costs it nothing, and what
+  arrives while the backend works joins it: batches are as full as the load
+  allows. It goes when the running batch is due to end, or, if that batch ends
+  sooner, on its ExecutorFree (the executor is then idle: the point above). The
+  price: the backend may wait a message hop between the two, which a batch put
+  behind it early would have saved; full batches still go behind at once, so
+  under load it never waits. Ending the hold at the window instead splits the
+  load into small batches whenever compute outlasts the window, and a closed
+  loop of clients stays split: each group comes back while another computes,
+  and pays the backend's fixed cost alone. (In the closed-loop model of tests/core/test_batcher.py, 64
+  in flight on the benchmark's mock with one request arriving first, alone,
+  fell from 12.1k to 8.8k req/s that way.) Sending at once instead would make
+  every batch under load a few requests.
+- So at 8 in flight on one executor: 8 that arrive together go as one batch at
+  once; if the first arrives alone it goes at once, and the next 7 collect while
+  it runs and go together when it is due to end; the two groups then take turns,
+  each computing while the other travels. At 64 in flight the executor is never
+  idle and batches fill to max_batch_size, as under `window`.
+- Idle means the chosen executor, not all of them: the least loaded is chosen,
+  so with two instances a request that arrives while one works goes to the other
+  at once, instead of waiting out the window beside it. (Waiting for both to be
+  idle costs that at low load and gains nothing under load in the model.)
+- The window still stands in for the estimate until a batch has been timed; a
+  window of 0 sends partial batches into busy executors' slots at once only
+  under `window`.
 
 ExecutorFree, ExecutorUp and ExecutorLoadFailed from an old incarnation (it was
 replaced) are ignored; an ExecutorFree from the current incarnation with no batch
@@ -101,6 +150,13 @@ _ESTIMATE_SMOOTHING = 0.2
 _RATE_REPORT_STEP = 0.1
 
 
+class Dispatch(Enum):
+    """When a partial batch is due (rule 6 and the dispatch policy, above)."""
+
+    EAGER_WHEN_IDLE = "eager-when-idle"  # to an idle executor at once; to a busy one as it runs dry
+    WINDOW = "window"  # when the window has run out, wherever it goes
+
+
 @dataclass(frozen=True, slots=True)
 class BatchLimits:
     max_batch_size: int
@@ -110,6 +166,9 @@ class BatchLimits:
     backend_timeout_s: float = math.inf  # a batch running longer than this is declared hung
     max_hung: int = 2  # hung instances still stuck that are tolerated; one more is fatal
     reload_attempts: int = 5  # loads tried for a replacement before it is given up
+    # WINDOW here, so that limits built by hand (tests, mostly) batch as they did
+    # before the policy existed; the sidecar's default is the config key's.
+    dispatch: Dispatch = Dispatch.WINDOW
 
 
 class State(Enum):
@@ -311,6 +370,8 @@ class Batcher:
             raise ValueError(f"batch size, executors and in-flight batches must be >= 1: {limits}")
         if limits.max_hung < 0 or limits.reload_attempts < 1:
             raise ValueError(f"max_hung must be >= 0 and reload_attempts >= 1: {limits}")
+        if not isinstance(limits.dispatch, Dispatch):  # a bare "window" would read as not eager
+            raise ValueError(f"dispatch must be a Dispatch, not {limits.dispatch!r}")
         self._limits = limits
         self._queue = FairQueue()
         self._slots = ExecutorSlots(limits.executors, limits.max_inflight_per_executor)
@@ -395,8 +456,9 @@ class Batcher:
         candidates = [slots.next_hang_check(self._limits.backend_timeout_s), slots.next_reload()]
         if len(q):
             candidates += [q.earliest_queue_deadline(), q.earliest_deadline() - self._estimate_s]
-            if slots.free_slot() is not None and not self._slot_blocked:
-                candidates.append(q.oldest_enqueued_at() + self._limits.batch_timeout_s)
+            executor = slots.free_slot()
+            if executor is not None and not self._slot_blocked:
+                candidates.append(self._ready_at(executor))
         at = min(candidates)
         return None if at == math.inf else at
 
@@ -596,7 +658,7 @@ class Batcher:
             ready = (
                 self._draining
                 or len(q) >= limits.max_batch_size
-                or now >= q.oldest_enqueued_at() + limits.batch_timeout_s
+                or now >= self._ready_at(executor)
                 or (not busy and q.earliest_deadline() - lead <= now)
             )
             if not ready:
@@ -620,6 +682,19 @@ class Batcher:
                     now,
                 )
             )
+
+    def _ready_at(self, executor: int) -> float:
+        """When a partial batch for `executor`'s free slot is due, by time alone (rule 6
+        and the dispatch policy); the queue must not be empty. One formula serves the
+        dispatch and the timer, so a timer fired at this time finds the slot ready."""
+        window_end = self._queue.oldest_enqueued_at() + self._limits.batch_timeout_s
+        if self._limits.dispatch is Dispatch.WINDOW:
+            return window_end
+        if not self._slots.has_inflight(executor):
+            return -math.inf  # idle: at once
+        if not self._batches_timed:
+            return window_end  # no estimate of when it runs dry yet: the window stands in
+        return self._slots.runs_dry_at(executor, self._estimate_s)
 
     def _fail_hopeless(self, now: float, actions: list[Action]) -> None:
         """Requests still queued that cannot finish by their deadline any more."""

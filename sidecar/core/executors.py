@@ -140,6 +140,18 @@ class ExecutorSlots:
         ran = 0.0 if head is None else now - head
         return now + max(0.0, len(e.batches) * estimate_s - ran)
 
+    def runs_dry_at(self, executor: int, estimate_s: float) -> float:
+        """When `executor` is estimated to finish all it holds (each batch about
+        `estimate_s`, from when its head batch started): `estimated_start` is
+        max(now, this). The time itself, for the batcher's timer."""
+        e = self._execs[executor]
+        if not e.batches:
+            return -math.inf
+        head = e.batches[0].started_at
+        if head is None:  # cannot happen: the head batch always has a start
+            return math.inf
+        return head + len(e.batches) * estimate_s
+
     def hung(self, now: float, timeout_s: float) -> list[int]:
         """Executors whose current batch has run for `timeout_s` or more."""
         return [

@@ -1,4 +1,9 @@
-"""Real actors on a fake clock: the batch window fires when time is advanced, not otherwise."""
+"""Real actors on a fake clock: the batch window fires when time is advanced, not otherwise.
+
+Under sidecar.batch.dispatch=window (the rig's default here); eager-when-idle, the
+sidecar's default, sends a partial batch to an idle executor without any clock
+movement. The mock takes no time, so the executor is idle whenever a request comes.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from actors.messages import GetSnapshot, RequestsReceived, StreamInput
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.backends.mock import MockBackend
 from sidecar.config import SidecarConfig
+from sidecar.core.batcher import Dispatch
 from sidecar.metrics.group import root_group
 from sidecar.metrics.registry import MetricRegistry
 from sidecar.server.pipeline import start_pipeline
@@ -26,10 +32,11 @@ def wire_request(request_id: int) -> pb.InferRequest:
 
 
 @pytest.fixture
-def rig():
+def rig(request):
+    dispatch = getattr(request, "param", "window")
     clock = FakeClock()
     delivered: queue.Queue = queue.Queue()
-    config = SidecarConfig(max_batch_size=4, batch_timeout_s=0.010)
+    config = SidecarConfig(max_batch_size=4, batch_timeout_s=0.010, batch_dispatch=dispatch)
     backend = MockBackend("mock:?base_ms=0&per_item_ms=0", sleep=lambda s: None)
     group = root_group(MetricRegistry(), "host", "tm").add_group("gpuSidecar")
     pipeline = start_pipeline(config, clock, [backend], lambda out, cancels: delivered.put(out), group)
@@ -86,3 +93,18 @@ def test_window_counts_from_oldest_request_across_messages(rig):
         for stream, responses in delivered.get(timeout=WAIT_S).items():
             got.setdefault(stream, []).extend(r.request_id for r, *_ in responses)
     assert got == {1: [1], 2: [2]}
+
+
+@pytest.mark.parametrize("rig", ["eager-when-idle"], indirect=True)
+def test_eager_when_idle_sends_a_lone_request_without_any_clock_movement(rig):
+    clock, peers, delivered = rig
+    start = clock.now()
+    send(clock, peers, [1])
+    out = delivered.get(timeout=WAIT_S)
+    assert [r.request_id for r, *_ in out[1]] == [1] and clock.now() == start
+    assert batcher_state(peers)["queue_depth"] == 0
+
+
+def test_the_sidecar_default_is_eager_when_idle():
+    assert SidecarConfig().batch_limits().dispatch is Dispatch.EAGER_WHEN_IDLE
+    assert SidecarConfig(batch_dispatch="window").batch_limits().dispatch is Dispatch.WINDOW

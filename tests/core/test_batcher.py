@@ -10,6 +10,7 @@ from sidecar.core.batcher import (
     BatcherError,
     BatchLimits,
     CapacityChanged,
+    Dispatch,
     DispatchBatch,
     Drain,
     Drained,
@@ -34,9 +35,14 @@ from sidecar.core.executors import reload_delay_s
 from sidecar.core.status import Code
 from tests.factories import admitted, request
 
+EAGER, WINDOW = Dispatch.EAGER_WHEN_IDLE, Dispatch.WINDOW
 
-def make(max_batch=4, window=0.010, executors=1, inflight=1) -> Batcher:
-    return Batcher(BatchLimits(max_batch, window, executors, inflight))
+
+def make(max_batch=4, window=0.010, executors=1, inflight=1, dispatch=None) -> Batcher:
+    # Tests that hold a partial batch beside an idle executor say dispatch=WINDOW;
+    # the rest batch alike under either policy.
+    extra = {} if dispatch is None else {"dispatch": dispatch}
+    return Batcher(BatchLimits(max_batch, window, executors, inflight, **extra))
 
 
 def arrive(b: Batcher, ids, at: float, max_wait: float = 10.0, timeout=None):
@@ -65,7 +71,7 @@ def test_full_batch_dispatches_at_once():
 
 
 def test_partial_batch_waits_for_window_and_arms_timer():
-    b = make(max_batch=4, window=0.010)
+    b = make(max_batch=4, window=0.010, dispatch=WINDOW)
     actions = arrive(b, [1, 2], at=1.0)
     assert dispatched(actions) == []
     assert timers(actions) == [pytest.approx(1.010)]
@@ -74,14 +80,14 @@ def test_partial_batch_waits_for_window_and_arms_timer():
 
 
 def test_partial_batch_does_not_dispatch_before_window_elapses():
-    b = make(max_batch=4, window=0.010)
+    b = make(max_batch=4, window=0.010, dispatch=WINDOW)
     arrive(b, [1, 2], at=1.0)
     assert dispatched(b.handle(TimerFired(1.009), 1.009)) == []
     assert b.state is State.COLLECTING
 
 
 def test_flushes_partial_batch_when_window_elapses():
-    b = make(max_batch=4, window=0.010)
+    b = make(max_batch=4, window=0.010, dispatch=WINDOW)
     arrive(b, [1, 2], at=1.0)
     actions = b.handle(TimerFired(1.010), 1.010)
     assert dispatched(actions) == [[1, 2]]
@@ -90,13 +96,13 @@ def test_flushes_partial_batch_when_window_elapses():
 
 
 def test_timer_that_fires_a_hair_early_still_counts_as_on_time():
-    b = make(max_batch=4, window=0.010)
+    b = make(max_batch=4, window=0.010, dispatch=WINDOW)
     arrive(b, [1], at=1.0)
     assert dispatched(b.handle(TimerFired(1.010), 1.0099999)) == [[1]]
 
 
 def test_window_counts_from_oldest_queued_request():
-    b = make(max_batch=4, window=0.010)
+    b = make(max_batch=4, window=0.010, dispatch=WINDOW)
     arrive(b, [1], at=1.000)
     actions = arrive(b, [2], at=1.006)
     assert timers(actions) == []  # the deadline is still the oldest's
@@ -104,7 +110,7 @@ def test_window_counts_from_oldest_queued_request():
 
 
 def test_window_restarts_from_new_oldest_after_dispatch():
-    b = make(max_batch=2, window=0.010, inflight=4)
+    b = make(max_batch=2, window=0.010, inflight=4, dispatch=WINDOW)
     arrive(b, [1], at=1.000)
     actions = arrive(b, [2, 3], at=1.004)  # 1 and 2 fill a batch; 3 is left
     assert dispatched(actions) == [[1, 2]]
@@ -164,7 +170,7 @@ def test_request_timeout_shorter_than_queue_wait_sets_its_expiry():
 
 
 def test_dispatches_early_when_window_would_miss_a_deadline():
-    b = make(max_batch=8, window=0.010, inflight=2)
+    b = make(max_batch=8, window=0.010, inflight=2, dispatch=WINDOW)
     arrive(b, [1, 2, 3, 4, 5, 6, 7, 8], at=0.0)
     b.handle(ExecutorFree(0, 0, 0.001), 0.004)  # the estimate is the first sample: 1 ms
     actions = arrive(b, [9], at=0.005, timeout=0.003)
@@ -175,7 +181,7 @@ def test_dispatches_early_when_window_would_miss_a_deadline():
 
 
 def test_withdrawn_requests_are_cancelled_and_leave_queue():
-    b = make(max_batch=4)
+    b = make(max_batch=4, dispatch=WINDOW)
     arrive(b, [1, 2, 3], at=0.0)
     actions = b.handle(Withdraw(frozenset({(1, 2), (1, 99)}), "stream closed"), 0.001)
     assert failed(actions) == {2: Code.CANCELLED}
@@ -212,7 +218,7 @@ def test_requests_after_close_are_refused_unavailable():
 
 
 def test_duplicate_key_in_queue_is_refused_and_original_kept():
-    b = make(max_batch=4)
+    b = make(max_batch=4, dispatch=WINDOW)
     arrive(b, [1], at=0.0)
     actions = arrive(b, [1], at=0.001)
     assert failed(actions) == {1: Code.INVALID_ARGUMENT}
@@ -220,7 +226,7 @@ def test_duplicate_key_in_queue_is_refused_and_original_kept():
 
 
 def test_executor_free_without_batch_in_flight_is_illegal_and_changes_nothing():
-    b = make(max_batch=4)
+    b = make(max_batch=4, dispatch=WINDOW)
     arrive(b, [1], at=0.0)
     with pytest.raises(BatcherError):
         b.handle(ExecutorFree(0, 0, 0.001), 0.001)
@@ -259,7 +265,7 @@ def test_next_batch_starts_with_the_stream_after_the_last_served():
 
 
 def test_urgent_request_jumps_the_queue_when_its_deadline_nears():
-    b = make(max_batch=4, window=0.010, inflight=2)
+    b = make(max_batch=4, window=0.010, inflight=2, dispatch=WINDOW)
     arrive(b, [1, 2, 3, 4], at=0.0)  # a full batch at once: the executor learns the compute time
     b.handle(ExecutorFree(0, 0, 0.001), 0.005)  # estimate: 1 ms
     b.handle(RequestsAdmitted(admitted([request(5, at=0.005)], 0.005)), 0.005)
@@ -573,3 +579,253 @@ def test_no_replacement_is_asked_after_close():
     b = make()
     b.handle(Drain(), 0.0)
     assert b.handle(ExecutorDown(0, 0, "gone"), 0.1) == []
+
+
+# ---- the dispatch policy: eager when idle ------------------------------------------------
+
+
+def sent(actions) -> list[tuple[int, list[int]]]:
+    return [(a.executor, [r.request_id for r in a.requests]) for a in actions if isinstance(a, DispatchBatch)]
+
+
+def timed_busy(dispatch=EAGER, compute=0.010):
+    """One executor, two slots, max batch 8, window 2 ms; a batch takes `compute` (now
+    estimated). [10] arrives at 0.1 s to the idle executor: under eager it starts at once."""
+    b = make(max_batch=8, window=0.002, inflight=2, dispatch=dispatch)
+    arrive(b, range(8), at=0.0)
+    b.handle(ExecutorFree(0, 0, compute), compute)
+    assert sent(arrive(b, [10], at=0.1)) == ([(0, [10])] if dispatch is EAGER else [])
+    return b
+
+
+def test_eager_lone_request_to_an_idle_executor_goes_at_once_with_no_timer():
+    b = make(max_batch=4, window=0.010, dispatch=EAGER)
+    actions = arrive(b, [1], at=1.0)
+    assert dispatched(actions) == [[1]]
+    assert [a.dispatched_at for a in actions if isinstance(a, DispatchBatch)] == [1.0]
+    assert timers(actions) == [] and b.next_deadline() is None  # nothing armed, nothing to wait for
+    assert b.state is State.IDLE and b.inflight_batches == (1,)
+
+
+def test_window_policy_holds_the_same_lone_request_for_the_window():
+    b = make(max_batch=4, window=0.010, dispatch=WINDOW)
+    actions = arrive(b, [1], at=1.0)
+    assert dispatched(actions) == [] and timers(actions) == [pytest.approx(1.010)]
+    assert dispatched(b.handle(TimerFired(1.010), 1.010)) == [[1]]
+
+
+def test_eager_requests_arriving_while_busy_collect_until_it_is_due_to_run_dry_not_the_window():
+    b = timed_busy(compute=0.010)  # [10] runs from 0.100, due to end at 0.110
+    actions = arrive(b, [11, 12], at=0.101)  # the slot behind it is free, but the executor works
+    assert dispatched(actions) == [] and timers(actions) == [pytest.approx(0.110)]  # not 0.103
+    assert dispatched(arrive(b, [13], at=0.105)) == []  # it joins them, past their window
+    actions = b.handle(TimerFired(0.110), 0.110)
+    assert sent(actions) == [(0, [11, 12, 13])] and b.inflight_batches == (2,)  # behind [10], still running
+
+
+def test_window_policy_sends_requests_arriving_while_busy_into_the_slot_behind_at_the_window():
+    b = timed_busy(WINDOW, compute=0.010)
+    due = b.next_deadline()
+    assert due == pytest.approx(0.102) and sent(b.handle(TimerFired(due), due)) == [(0, [10])]  # runs to 0.112
+    actions = arrive(b, [11, 12], at=0.103)
+    (due,) = timers(actions)
+    assert due == pytest.approx(0.105)
+    assert sent(b.handle(TimerFired(due), due)) == [(0, [11, 12])]
+
+
+def test_eager_requests_arriving_while_busy_go_as_soon_as_they_fill_a_batch():
+    b = timed_busy()
+    arrive(b, range(11, 16), at=0.101)
+    assert dispatched(arrive(b, [16, 17, 18], at=0.102)) == [[11, 12, 13, 14, 15, 16, 17, 18]]
+
+
+def test_eager_requests_collected_while_busy_go_at_once_when_the_executor_runs_dry_early():
+    b = timed_busy(compute=0.010)
+    arrive(b, [11, 12], at=0.101)
+    actions = b.handle(ExecutorFree(0, 0, 0.004), 0.104)  # [10] ended 6 ms early: the executor is idle
+    assert dispatched(actions) == [[11, 12]] and timers(actions) == [None]
+
+
+def test_eager_until_a_batch_is_timed_the_window_stands_in_for_the_estimate():
+    # 8 in flight on a fresh executor: the first goes alone at once; the next 7 collect
+    # while it runs and leave together when it finishes, before their window ends.
+    b = make(max_batch=32, window=0.002, inflight=2, dispatch=EAGER)
+    assert dispatched(arrive(b, [0], at=0.0)) == [[0]]
+    actions = arrive(b, range(1, 8), at=0.0002)
+    assert dispatched(actions) == [] and timers(actions) == [pytest.approx(0.0022)]
+    actions = b.handle(ExecutorFree(0, 0, 0.00202), 0.00202)
+    assert dispatched(actions) == [[1, 2, 3, 4, 5, 6, 7]] and timers(actions) == [None]
+
+
+def test_eager_until_a_batch_is_timed_a_busy_slot_takes_a_partial_batch_at_the_window():
+    b = make(max_batch=4, window=0.010, inflight=2, dispatch=EAGER)
+    arrive(b, [1], at=0.0)
+    arrive(b, [2, 3], at=0.001)
+    assert dispatched(b.handle(TimerFired(0.010), 0.010)) == []
+    assert sent(b.handle(TimerFired(0.011), 0.011)) == [(0, [2, 3])]
+
+
+def test_eager_a_batch_waiting_behind_the_running_one_keeps_the_executor_busy():
+    b = make(max_batch=2, window=0.010, inflight=2, dispatch=EAGER)
+    arrive(b, [1], at=0.0)  # runs
+    assert dispatched(arrive(b, [2, 3], at=0.001)) == [[2, 3]]  # full: behind [1]
+    arrive(b, [4], at=0.002)  # no slot free
+    actions = b.handle(ExecutorFree(0, 0, 0.003), 0.003)  # [2,3] starts: the executor still works
+    assert dispatched(actions) == [] and timers(actions) == [pytest.approx(0.006)]  # 3 ms estimate
+    assert sent(b.handle(TimerFired(0.006), 0.006)) == [(0, [4])]
+    assert b.inflight_batches == (2,)
+
+
+def test_eager_with_two_executors_one_idle_takes_a_request_while_the_other_works():
+    b = make(max_batch=4, window=0.010, executors=2, inflight=2, dispatch=EAGER)
+    assert sent(arrive(b, [1], at=0.0)) == [(0, [1])]
+    assert sent(arrive(b, [2], at=0.001)) == [(1, [2])]  # executor 0 works, executor 1 is idle
+    actions = arrive(b, [3], at=0.002)  # both work now, nothing timed yet: the window
+    assert dispatched(actions) == [] and timers(actions) == [pytest.approx(0.012)]
+    assert sent(b.handle(ExecutorFree(1, 0, 0.002), 0.003)) == [(1, [3])]  # 1 runs dry first
+
+
+def test_eager_with_two_busy_executors_the_chosen_one_is_the_least_loaded_and_its_end_is_due():
+    b = make(max_batch=4, window=0.002, executors=2, inflight=2, dispatch=EAGER)
+    arrive(b, [1, 2, 3, 4], at=0.0)
+    b.handle(ExecutorFree(0, 0, 0.010), 0.010)  # estimate 10 ms
+    assert sent(arrive(b, [5], at=0.020)) == [(0, [5])]  # due to end 0.030
+    assert sent(arrive(b, [6], at=0.025)) == [(1, [6])]  # due to end 0.035
+    actions = arrive(b, [7], at=0.026)  # both hold one: executor 0 (lowest id) is chosen
+    assert timers(actions) == [pytest.approx(0.030)]
+    assert sent(b.handle(TimerFired(0.030), 0.030)) == [(0, [7])]
+
+
+def test_eager_an_executor_that_comes_back_takes_what_is_queued_at_once():
+    b = make(max_batch=4, window=0.010, executors=2, inflight=1, dispatch=EAGER)
+    b.handle(ExecutorDown(1, 0, "died"), 0.0)
+    arrive(b, [1], at=0.001)  # to executor 0
+    assert dispatched(arrive(b, [2], at=0.002)) == []  # 0 works, 1 loads
+    assert sent(b.handle(ExecutorUp(1, 1), 0.003)) == [(1, [2])]
+
+
+def test_eager_with_a_window_of_zero_still_holds_a_busy_slot_until_its_executor_runs_dry():
+    logs = {}
+    for dispatch in (EAGER, WINDOW):
+        b = make(max_batch=3, window=0.0, inflight=2, dispatch=dispatch)
+        arrive(b, [1, 2, 3], at=0.0)
+        b.handle(ExecutorFree(0, 0, 0.002), 0.002)  # estimate 2 ms
+        logs[dispatch] = [sent(arrive(b, [4], at=0.003)), sent(arrive(b, [5], at=0.004))]
+        logs[dispatch].append(sent(b.handle(TimerFired(0.005), 0.005)))
+    assert logs[WINDOW] == [[(0, [4])], [(0, [5])], []]  # as soon as a slot is free
+    assert logs[EAGER] == [[(0, [4])], [], [(0, [5])]]  # [4] runs from 3 to 5 ms; [5] waits for that
+
+
+def test_rejects_a_dispatch_policy_given_as_text():
+    with pytest.raises(ValueError, match="dispatch must be a Dispatch"):
+        Batcher(BatchLimits(4, 0.010, 1, 1, dispatch="window"))
+
+
+# ---- the policies in a closed loop: a model of the benchmark, on explicit time ----------
+
+
+def closed_loop(dispatch, inflight, executors=1, *, spread=0.0, first_alone=False, seconds=1.0, warmup=0.1):
+    """`inflight` clients, each sending its next request a round trip (1.5 ms) after
+    its answer; the backend takes 2 ms + 0.02 ms per item (the benchmark's mock),
+    batches of up to 32, window 2 ms, 2 in flight per executor. The answers of one
+    batch come back as one message, or (`spread`) one by one that far apart, as
+    unpacked ones do; `first_alone`: one request arrives before the others.
+    Returns (answers a second, p50 of arrival to answer in ms, batch sizes)."""
+    import heapq
+
+    round_trip, base, per_item = 0.0015, 0.002, 0.00002
+    b = Batcher(BatchLimits(32, 0.002, executors, 2, dispatch=dispatch))
+    events: list = []  # (time, tiebreak, kind, payload)
+    tiebreak = iter(range(10**9))
+    ids = iter(range(10**9))
+    running: list[list] = [[] for _ in range(executors)]  # per executor: the requests of each batch, in order
+    ends = [0.0] * executors
+    armed = None
+    latencies, sizes = [], []
+
+    def push(at, kind, payload):
+        heapq.heappush(events, (at, next(tiebreak), kind, payload))
+
+    def carry_out(actions, now):
+        nonlocal armed
+        for a in actions:
+            if isinstance(a, DispatchBatch):
+                start = ends[a.executor] if running[a.executor] else now
+                ends[a.executor] = start + base + per_item * len(a.requests)
+                running[a.executor].append(a.requests)
+                push(ends[a.executor], "free", (a.executor, ends[a.executor] - start))
+                if now >= warmup:
+                    sizes.append(len(a.requests))
+            elif isinstance(a, ArmTimer):
+                armed = a.at
+                if a.at is not None:
+                    push(a.at, "timer", a.at)
+            elif isinstance(a, FailRequests):
+                raise AssertionError(f"the model should fail nothing: {a}")
+
+    if first_alone:
+        push(0.0, "arrive", 1)
+        push(0.0001, "arrive", inflight - 1)
+    else:
+        push(0.0, "arrive", inflight)  # the first requests go out as one message
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        if now > warmup + seconds:
+            break
+        if kind == "arrive":
+            reqs = [request(next(ids), at=now) for _ in range(payload)]
+            carry_out(b.handle(RequestsAdmitted(admitted(reqs, now)), now), now)
+        elif kind == "timer":
+            if payload == armed:  # one re-armed since was replaced, not fired
+                carry_out(b.handle(TimerFired(payload), now), now)
+        elif kind == "free":
+            executor, compute = payload
+            reqs = running[executor].pop(0)
+            carry_out(b.handle(ExecutorFree(executor, 0, compute), now), now)
+            if now >= warmup:
+                latencies += [now - r.received_at for r in reqs]
+            for i in range(len(reqs)) if spread else ():
+                push(now + round_trip + i * spread, "arrive", 1)
+            if not spread:
+                push(now + round_trip, "arrive", len(reqs))
+    latencies.sort()
+    return len(latencies) / seconds, latencies[len(latencies) // 2] * 1000, sizes
+
+
+BOUND = 32 / (0.002 + 32 * 0.00002)  # full batches back to back on one executor: 12.1k req/s
+
+
+@pytest.mark.parametrize("executors", [1, 2])
+def test_closed_loop_one_in_flight_eager_answers_in_the_compute_time_the_window_adds_itself(executors):
+    rate_e, p50_e, sizes_e = closed_loop(EAGER, 1, executors)
+    rate_w, p50_w, sizes_w = closed_loop(WINDOW, 1, executors)
+    assert p50_e == pytest.approx(2.02)  # compute alone: nothing waits beside an idle backend
+    assert p50_w == pytest.approx(4.02)  # the window, then compute
+    assert rate_e == pytest.approx(1 / 0.00352, rel=0.01)
+    assert set(sizes_e) == set(sizes_w) == {1}
+
+
+@pytest.mark.parametrize("executors", [1, 2])
+@pytest.mark.parametrize("spread,first_alone", [(0.0, False), (0.0, True), (0.00002, False), (0.0001, False)])
+def test_closed_loop_eight_in_flight_eager_is_faster_at_a_lower_median(executors, spread, first_alone):
+    rate_e, p50_e, _ = closed_loop(EAGER, 8, executors, spread=spread, first_alone=first_alone)
+    rate_w, p50_w, _ = closed_loop(WINDOW, 8, executors, spread=spread, first_alone=first_alone)
+    assert p50_e < p50_w - 1.0  # a millisecond or more off the median
+    assert rate_e > 1.18 * rate_w  # the target: 1,288 -> 1,520 req/s
+
+
+@pytest.mark.parametrize("inflight", [64, 256])
+@pytest.mark.parametrize("spread,first_alone", [(0.0, False), (0.0, True), (0.00002, False)])
+def test_closed_loop_under_load_eager_keeps_batches_full_on_one_executor(inflight, spread, first_alone):
+    rate_e, _, sizes_e = closed_loop(EAGER, inflight, spread=spread, first_alone=first_alone)
+    rate_w, _, _ = closed_loop(WINDOW, inflight, spread=spread, first_alone=first_alone)
+    assert rate_e >= 0.9 * BOUND and rate_e >= 0.99 * rate_w
+    assert sum(sizes_e) / len(sizes_e) >= 0.9 * 32
+
+
+@pytest.mark.parametrize("inflight", [64, 256])
+def test_closed_loop_under_load_eager_keeps_batches_full_on_two_executors(inflight):
+    rate_e, _, sizes_e = closed_loop(EAGER, inflight, 2)
+    rate_w, _, _ = closed_loop(WINDOW, inflight, 2)
+    assert rate_e >= 0.99 * rate_w
+    assert sum(sizes_e) / len(sizes_e) >= 0.9 * 32

@@ -1,10 +1,13 @@
-"""Invariants of design.md, checked over random event sequences.
+"""Invariants of design.md, checked over random event sequences, under both dispatch policies.
 
 A tiny shell drives the batcher the way the actor does: it fires the one armed
 timer at its time before anything later happens, completes dispatched batches in
 order per executor, brings replaced executors back or fails their loads, lets
 hung ones return, and sometimes kills one. When the batcher turns FAILED it does
 what the server does: whatever is still unanswered is answered (abandoned).
+
+On every partial batch it checks that the policy's due time had come (rule 6),
+and under eager-when-idle that no idle executor is left beside a queue.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sidecar.core.batcher import (
     Batcher,
     BatcherError,
     BatchLimits,
+    Dispatch,
     DispatchBatch,
     Drain,
     Drained,
@@ -36,6 +40,7 @@ from sidecar.core.batcher import (
     TimerFired,
     Withdraw,
 )
+from sidecar.core.executors import Phase
 from sidecar.core.status import Code
 from tests.factories import admitted, request
 
@@ -62,6 +67,7 @@ limits = st.builds(
     backend_timeout_s=st.sampled_from([math.inf, 0.008, 0.030]),
     max_hung=st.integers(0, 3),
     reload_attempts=st.integers(1, 3),
+    dispatch=st.sampled_from(Dispatch),
 )
 
 
@@ -78,6 +84,8 @@ class Shell:
         self.incarnation = [0] * lim.executors
         self.replacing: set[int] = set()
         self.expiry: dict[tuple[int, int], float] = {}
+        self.enqueued_at: dict[tuple[int, int], float] = {}
+        self.draining = False
         self.answers: dict[tuple[int, int], list[str]] = {}
         self.in_batch: set[tuple[int, int]] = set()
         self.requeued: set[tuple[int, int]] = set()  # waited in a replaced executor's inbox
@@ -87,6 +95,14 @@ class Shell:
         self.fatal: list[str] = []
 
     def handle(self, event) -> None:
+        # What a batch dispatched by this event may be made of (when each was queued):
+        # what is queued, what arrives, and what a replaced executor held (a hung
+        # one's waiting batches go back to the queue, before dispatch).
+        could_go = [e.enqueued_at for e in self.b._queue]
+        if isinstance(event, RequestsAdmitted):
+            could_go += [self.now] * len(event.admitted.requests)
+        if isinstance(event, Drain):
+            self.draining = True
         actions = self.b.handle(event, self.now)
         self.log.append(repr(actions))
         for a in actions:
@@ -94,6 +110,7 @@ class Shell:
                 case DispatchBatch(executor, _, reqs):
                     assert 1 <= len(reqs) <= self.lim.max_batch_size
                     ahead = len(self.running[executor])
+                    self.check_due(reqs, ahead, executor, could_go)
                     if ahead:  # behind other batches: each request must be able to finish from there
                         note("placed behind a running batch")
                         estimate = self.b.compute_estimate_s
@@ -114,6 +131,7 @@ class Shell:
                         self.in_batch.discard(r.key)
                 case ReplaceExecutor(executor, incarnation):
                     # the batcher failed or requeued what the executor held
+                    could_go += [self.enqueued_at[k] for _, keys in self.running[executor] for k in keys]
                     for _, keys in self.running[executor]:
                         self.in_batch.difference_update(keys)
                         self.requeued.update(keys)
@@ -139,7 +157,33 @@ class Shell:
             assert entry.expires_at > self.now
         if self.b.executors_up == 0:  # with no executor up, nothing waits for one
             assert self.b.queue_depth == 0
+        if self.lim.dispatch is Dispatch.EAGER_WHEN_IDLE and self.b.queue_depth:  # nor beside an idle one
+            phases, inflight = self.b.executor_phases, self.b.inflight_batches
+            idle = [i for i, (p, n) in enumerate(zip(phases, inflight)) if p is Phase.UP and not n]
+            assert not idle, f"executors {idle} idle beside {self.b.queue_depth} queued"
         assert len(self.fatal) <= 1, self.fatal
+
+    def check_due(self, reqs, ahead: int, executor: int, could_go: list[float]) -> None:
+        """A partial batch leaves only when the policy says it is due (rule 6)."""
+        lim, b, now = self.lim, self.b, self.now
+        if self.draining or len(reqs) == lim.max_batch_size or len(could_go) >= lim.max_batch_size:
+            return
+        window_end = min(could_go) + lim.batch_timeout_s
+        estimate = b.compute_estimate_s
+        if ahead == 0:  # an idle executor
+            if lim.dispatch is Dispatch.EAGER_WHEN_IDLE:
+                note("eager: a partial batch to an idle executor")
+                return
+            note("window: a partial batch to an idle executor")
+            urgent = any(r.deadline - estimate <= now for r in reqs)
+            assert urgent or now >= window_end, "window: a partial batch left an idle executor early"
+        elif lim.dispatch is Dispatch.EAGER_WHEN_IDLE and b._batches_timed:
+            note("eager: into a busy executor's slot as it runs dry")
+            runs_dry = self.started[executor] + ahead * estimate
+            assert now >= runs_dry - 1e-9, "eager: a partial batch went behind a running one before it was due to end"
+        else:
+            note("a partial batch behind a running one, at its window")
+            assert now >= window_end, "a partial batch went behind a running one before its window ended"
 
     def advance(self, dt: float) -> None:
         target = self.now + dt
@@ -170,6 +214,7 @@ class Shell:
                 r = request(self.next_id, stream=1 + i % 2, at=self.now, timeout=timeout)
                 self.next_id += 1
                 self.expiry[r.key] = min(r.deadline, self.now + MAX_WAIT)
+                self.enqueued_at[r.key] = self.now
                 self.answers[r.key] = []
                 reqs.append(r)
             if reqs:
@@ -235,6 +280,7 @@ def test_every_request_gets_exactly_one_answer_and_limits_hold(lim, scenario):
         batch_timeout_s=st.sampled_from([0.0, 0.002]),
         executors=st.integers(1, 2),
         max_inflight_per_executor=st.integers(2, 3),
+        dispatch=st.sampled_from(Dispatch),
     ),
     st.lists(
         st.tuples(st.sampled_from(["arrive", "arrive", "finish", "finish", "idle"]), st.integers(0, 6), st.integers(0, 12)),
@@ -247,6 +293,35 @@ def test_nothing_is_placed_into_a_slot_it_cannot_finish_from(lim, scenario, max_
     # batch are often too late for some of the queue; the shell asserts the rule on
     # every DispatchBatch, and exactly one answer each.
     shell = Shell(lim, max_timeout_ms=max_timeout_ms, all_timed=True)
+    for kind, dt, n in scenario:
+        shell.step(kind, dt, n)
+    shell.finish_everything()
+    assert shell.drained
+    for key, answers in shell.answers.items():
+        assert len(answers) == 1, (key, answers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.builds(
+        BatchLimits,
+        max_batch_size=st.integers(1, 6),
+        batch_timeout_s=st.sampled_from([0.0, 0.002, 0.010]),
+        executors=st.integers(1, 2),
+        max_inflight_per_executor=st.integers(1, 3),
+        dispatch=st.just(Dispatch.EAGER_WHEN_IDLE),
+    ),
+    st.lists(
+        st.tuples(st.sampled_from(["arrive", "arrive", "finish", "idle"]), st.integers(0, 8), st.integers(0, 4)),
+        min_size=30,  # long enough for a compute estimate and busy slots with a queue beside them
+        max_size=80,
+    ),
+)
+def test_eager_never_idles_beside_a_queue_and_holds_a_busy_slot_until_it_is_due(lim, scenario):
+    # Small arrivals and batches of 0-8 ms, so executors often run dry, early or late
+    # against the estimate, with requests queued beside them; the shell checks both
+    # halves of the policy after every event.
+    shell = Shell(lim)
     for kind, dt, n in scenario:
         shell.step(kind, dt, n)
     shell.finish_everything()

@@ -13,13 +13,14 @@ from collections import Counter
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.messages import FlushMetrics
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.backends.mock import MockBackend
 from sidecar.client import SidecarClient
 from sidecar.config import SidecarConfig
 from sidecar.metrics.reporters.memory import InMemoryReporter
 from sidecar.server.app import SidecarServer
-from tests.rpc.helpers import Gate, eventually, run
+from tests.rpc.helpers import WAIT_S, Gate, eventually, run
 
 WAIT_S = 10.0
 CLIENT_TO_SERVER = {
@@ -101,6 +102,9 @@ def test_server_counts_equal_client_counts_for_every_outcome():
             client = await mixed_workload(server, backend, gate, memory)
             metric = memory.value
             await eventually(lambda: metric("gpuSidecar.inflightRequests").value == 0, "nothing in flight")
+            # Every client has closed, so every answer was written and every update
+            # sent; the metrics actor takes updates lazily: have it take them now.
+            await asyncio.to_thread(server.pipeline.peers.metrics.ask, FlushMetrics(), timeout=WAIT_S)
 
             expected = Counter()
             for code, n in client.items():
@@ -152,7 +156,8 @@ def test_response_timing_splits_latency_by_stage():
     async def go():
         backend = MockBackend("mock:?base_ms=5&per_item_ms=0")
         server = SidecarServer(
-            SidecarConfig(endpoint="127.0.0.1:0", health_port=0, metrics_reporters=(), batch_timeout_s=0.02),
+            SidecarConfig(endpoint="127.0.0.1:0", health_port=0, metrics_reporters=(), batch_timeout_s=0.02,
+                          batch_dispatch="window"),  # the partial batch waits out its window, idle backend or not
             backends=[backend],
         )
         await server.start()
