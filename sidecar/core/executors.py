@@ -74,12 +74,20 @@ class ExecutorSlots:
         self._max_inflight = max_inflight
         self._execs = [_Executor() for _ in range(executors)]
         self._stuck: set[tuple[int, int]] = set()  # (executor, incarnation) given up on as hung, not yet returned
+        # Kept as phases change (in _set_phase only): read on every batcher step.
+        self._up = executors
+        self._waiting = 0
+
+    def _set_phase(self, e: _Executor, phase: Phase) -> None:
+        self._up += (phase is Phase.UP) - (e.phase is Phase.UP)
+        self._waiting += (phase is Phase.WAITING) - (e.phase is Phase.WAITING)
+        e.phase = phase
 
     # ---- queries ------------------------------------------------------------------------
 
     @property
     def up_count(self) -> int:
-        return sum(e.phase is Phase.UP for e in self._execs)
+        return self._up
 
     @property
     def coming_back(self) -> int:
@@ -164,13 +172,19 @@ class ExecutorSlots:
         ]
 
     def next_hang_check(self, timeout_s: float) -> float:
+        if timeout_s == math.inf:
+            return math.inf
         starts = [e.batches[0].started_at for e in self._execs if e.phase is Phase.UP and e.batches]
         return min((s + timeout_s for s in starts if s is not None), default=math.inf)
 
     def next_reload(self) -> float:
+        if not self._waiting:
+            return math.inf
         return min((e.retry_at for e in self._execs if e.phase is Phase.WAITING), default=math.inf)
 
     def due_reloads(self, now: float) -> list[int]:
+        if not self._waiting:
+            return []
         return [i for i, e in enumerate(self._execs) if e.phase is Phase.WAITING and e.retry_at <= now]
 
     # ---- batches ------------------------------------------------------------------------
@@ -199,14 +213,15 @@ class ExecutorSlots:
         e.batches.clear()
         if hung:
             self._stuck.add((executor, e.incarnation))
-        e.phase = Phase.LOADING
+        self._set_phase(e, Phase.LOADING)
         e.failed_loads = 0
         e.incarnation += 1
         return e.incarnation, held
 
     def bring_up(self, executor: int) -> None:
         e = self._execs[executor]
-        e.phase, e.failed_loads, e.retry_at = Phase.UP, 0, math.inf
+        self._set_phase(e, Phase.UP)
+        e.failed_loads, e.retry_at = 0, math.inf
 
     def load_failed(self, executor: int, now: float, attempts: int, error: str) -> float | None:
         """The current load failed: when the next is due, or None if it was the last."""
@@ -214,15 +229,18 @@ class ExecutorSlots:
         e.failed_loads += 1
         e.last_error = error
         if e.failed_loads >= attempts:
-            e.phase, e.retry_at = Phase.GIVEN_UP, math.inf
+            self._set_phase(e, Phase.GIVEN_UP)
+            e.retry_at = math.inf
             return None
-        e.phase, e.retry_at = Phase.WAITING, now + reload_delay_s(e.failed_loads)
+        self._set_phase(e, Phase.WAITING)
+        e.retry_at = now + reload_delay_s(e.failed_loads)
         return e.retry_at
 
     def start_reload(self, executor: int) -> tuple[int, int]:
         """A WAITING executor's next load begins: (new incarnation, attempt number)."""
         e = self._execs[executor]
-        e.phase, e.retry_at = Phase.LOADING, math.inf
+        self._set_phase(e, Phase.LOADING)
+        e.retry_at = math.inf
         e.incarnation += 1
         return e.incarnation, e.failed_loads + 1
 
