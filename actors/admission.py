@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pykka
 
 from actors.base import SidecarActor
 from actors.inbox import Inbox, Wake, handle_wake

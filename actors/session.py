@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import pykka
 
 from actors.base import SidecarActor
 from actors.inbox import Inbox, LazyInbox, Wake, handle_wake

@@ -169,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_options(config)
 
     sub.add_parser("soak", add_help=False, help="soak the sidecar with tracemalloc reports (gpu-sidecar soak --help)")
+    sub.add_parser("bench", add_help=False, help="throughput and latency against its ceilings (gpu-sidecar bench --help)")
 
     infer = sub.add_parser("infer", help="send one request and print the result as JSON")
     infer.add_argument("--endpoint", default=SidecarConfig().endpoint, help="host:port or unix:///path")
@@ -183,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         from soak.cli import main as soak_main
 
         return soak_main(argv[1:])
+    if argv[:1] == ["bench"]:  # its own options: see sidecar/bench/cli.py
+        from sidecar.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "infer":

@@ -20,7 +20,7 @@ from sidecar.client import SidecarClient
 from sidecar.config import SidecarConfig
 from sidecar.metrics.reporters.memory import InMemoryReporter
 from sidecar.server.app import SidecarServer
-from tests.rpc.helpers import WAIT_S, Gate, eventually, run
+from tests.rpc.helpers import Gate, eventually, run
 
 WAIT_S = 10.0
 CLIENT_TO_SERVER = {

@@ -3,7 +3,7 @@
 It answers each request at once with its own inputs as outputs: no actors, no
 queue, no batching. What the sidecar adds is measured against this ceiling.
 
-    python -m benchmarks.echo_server 127.0.0.1:0
+    python -m sidecar.bench.echo 127.0.0.1:0
 """
 
 from __future__ import annotations

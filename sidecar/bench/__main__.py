@@ -1,0 +1,3 @@
+from sidecar.bench.cli import main
+
+raise SystemExit(main())
