@@ -58,6 +58,13 @@ class Inbox:
         self._items.append(message)
         if not self._armed:
             self.wake()
+        elif self._ref.actor_stopped.is_set():
+            self._dead()
+
+    def _dead(self) -> None:
+        """The receiver stopped with a Wake still in its mailbox: nothing will be taken."""
+        self._items.clear()
+        raise pykka.ActorDeadError(f"{self._ref} stopped; its inbox is closed")
 
     def wake(self) -> None:
         """Puts the Wake in the receiver's mailbox."""
@@ -99,6 +106,8 @@ class LazyInbox(Inbox):
     def tell(self, message: Any) -> None:
         self._items.append(message)
         if self._armed:
+            if self._ref.actor_stopped.is_set():
+                self._dead()
             return
         now = time.monotonic()
         if now - self._woken_at >= self._interval_s or len(self._items) >= self._backlog:

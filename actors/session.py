@@ -292,7 +292,9 @@ class SessionActor(SidecarActor):
         self._emit(out, Counter({"failed": n}) if n else Counter(), {})
 
     def _emit(self, out: dict[int, list[Outgoing]], counts: Counter[str], unknown: dict[int, list[int]]) -> None:
-        if out or unknown:
-            self._deliver(out, unknown)
+        # Counted first: once delivered, an answer may reach its client, and a
+        # GetMetrics that client makes next must include its count.
         if counts and self._to_metrics is not None:
             self._to_metrics.tell(OutcomesCounted(tuple(counts.items())))
+        if out or unknown:
+            self._deliver(out, unknown)

@@ -286,9 +286,9 @@ class SidecarClient:
     def submit(self, inputs: Arrays, *, timeout_s: float | None = None) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queues one request; the future resolves to its outputs or raises InferError.
         While the stream is down the future has already failed UNAVAILABLE."""
-        request = self._request(inputs, timeout_s)
+        request, row = self._request(inputs, timeout_s)
         if self._retry is None or not self.alive:
-            return self.submit_raw(request)
+            return self._submit(request, row)
         loop = asyncio.get_running_loop()
         outer: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
         deadline = math.inf if timeout_s is None else loop.time() + timeout_s
@@ -299,24 +299,28 @@ class SidecarClient:
 
     def submit_timed(self, inputs: Arrays, *, timeout_s: float | None = None) -> asyncio.Future[TimedResult]:
         """As `submit`, but the server adds per-stage timing: resolves to a TimedResult."""
-        return self.submit_raw(self._request(inputs, timeout_s, return_timing=True))  # type: ignore[return-value]
+        return self._submit(*self._request(inputs, timeout_s, return_timing=True))  # type: ignore[return-value]
 
     def submit_raw(self, request: pb.InferRequest) -> asyncio.Future[Any]:
         """Queues a prepared request as is (its id must not be in flight); for tests and tools."""
+        return self._submit(request, None)
+
+    def _submit(self, request: pb.InferRequest, row: Row | None) -> asyncio.Future[Any]:
+        """`row`: the request's inputs for batch-major packing, kept only once it is queued."""
         if self._closing:
-            self._rows.pop(request.request_id, None)
             raise RuntimeError("client is closed")
         if request.request_id in self._futures:
             raise ValueError(f"request id {request.request_id} is already in flight on this stream")
         future = asyncio.get_running_loop().create_future()
         link = self._link
         if link is None:
-            self._rows.pop(request.request_id, None)
             self.counts["unsent"] += 1
             future.set_exception(self._refusal())
             return future
         self._futures[request.request_id] = future
         self._unsent[request.request_id] = request
+        if row is not None:
+            self._rows[request.request_id] = row
         link.wakeup.set()
         return future
 
@@ -517,17 +521,20 @@ class SidecarClient:
 
         inner.add_done_callback(settle)
 
-    def _request(self, inputs: Arrays, timeout_s: float | None, return_timing: bool = False) -> pb.InferRequest:
-        request_id = next(self._ids)
-        if self._want_batches:
+    def _request(
+        self, inputs: Arrays, timeout_s: float | None, return_timing: bool = False
+    ) -> tuple[pb.InferRequest, Row | None]:
+        """The wire request, and its row for batch-major packing where the open
+        stream's server reads batches (None otherwise)."""
+        row = None
+        if self._send_batches:
             row, tensors = row_of(inputs, timeout_s, return_timing)
-            self._rows[request_id] = row  # dropped by submit_raw if the stream is down
         else:
             tensors = [to_tensor(n, v) for n, v in inputs.items()]
-        request = pb.InferRequest(request_id=request_id, inputs=tensors, return_timing=return_timing)
+        request = pb.InferRequest(request_id=next(self._ids), inputs=tensors, return_timing=return_timing)
         if timeout_s is not None:
             request.timeout.CopyFrom(duration(timeout_s))
-        return request
+        return request, row
 
     async def _send(self, link: _Link) -> None:
         """Writes what waits, as the window allows; half-closes once closing and all is written."""

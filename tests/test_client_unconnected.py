@@ -45,3 +45,4 @@ def test_window_must_be_positive():
     with pytest.raises(ValueError):
         SidecarClient("127.0.0.1:1", max_in_flight=0)
 
+

@@ -20,6 +20,7 @@ from sidecar.bench import report
 from sidecar.bench.cli import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK
 from sidecar.bench.bound import Bound, bound, mock_model
 from sidecar.bench.expectations import (
+    meets,
     EXPECTATIONS,
     RUNS,
     SECONDS,
@@ -56,9 +57,12 @@ class Verdict:
         e = self.expectation
         value = "n/a" if self.value is None else f"{self.value:.3g}"
         seen = "" if e.seen is None else f"; seen here {e.seen:.3g}"
-        target = " target" if e.target else ""
+        goal = ""
+        if e.goal is not None:
+            met = self.value is not None and meets(e.op, self.value, e.goal)
+            goal = f"; goal {SYMBOL[e.op]} {e.goal:g} {'met' if met else 'not met'}"
         return (f"{'PASS' if self.passed else 'FAIL'}  {e.name}: {describe_ratio(e)} = {value} "
-                f"(expected {SYMBOL[e.op]} {e.bound:g}{target}{seen})")
+                f"(expected {SYMBOL[e.op]} {e.bound:g}{goal}{seen})")
 
 
 def _ratio_fns() -> dict[str, Callable[..., float | None]]:
@@ -97,7 +101,7 @@ RATIO_FNS = _ratio_fns()
 
 def judge(e: Expectation, measured: dict[str, Measured]) -> Verdict:
     value = RATIO_FNS[e.ratio](*(measured[k] for k in e.runs))
-    passed = value is not None and (value >= e.bound if e.op == ">=" else value <= e.bound)
+    passed = value is not None and meets(e.op, value, e.bound)
     return Verdict(e, value, passed)
 
 
@@ -172,6 +176,6 @@ def as_json(machine: dict[str, str], command: str, measured: dict[str, Measured]
         "runs": {k: {**m.result.as_dict(), "mock_bound": None if m.bound is None else
                      {"rps": m.bound.rps, "floor_ms": m.bound.floor_ms}} for k, m in measured.items()},
         "cases": [{"name": v.expectation.name, "ratio": v.expectation.ratio, "runs": list(v.expectation.runs),
-                   "op": v.expectation.op, "bound": v.expectation.bound, "target": v.expectation.target,
+                   "op": v.expectation.op, "bound": v.expectation.bound, "goal": v.expectation.goal,
                    "seen": v.expectation.seen, "value": v.value, "passed": v.passed} for v in verdicts],
     }

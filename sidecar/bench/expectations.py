@@ -4,9 +4,11 @@ the two equal).
 
 A case compares one measured ratio with a bound, in a direction. Ratios, not
 absolute figures: on a small shared machine the figures drift together, their
-ratios much less. A bound marked "target" is where the sidecar should be, not
-where it is: its line fails until the server gets there. `seen` is the figure
-these runs gave on the machine and commit of SEEN_ON.
+ratios much less. The bound is what holds today with a margin for this
+machine's noise: a line that fails says the sidecar got worse (or the machine
+was busy). A `goal` is where the sidecar should get to (issue 10's targets); it
+is reported, met or not, and judges nothing. `seen` is the figure these runs
+gave on the machine and commit of SEEN_ON.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ ZERO_URI = "mock:?base_ms=0&per_item_ms=0"  # no model time: what the sidecar it
 MODEL_URI = "mock:?base_ms=2&per_item_ms=0.02&dim=256"  # a batch of b takes 2 + 0.02 b ms
 SECONDS = 2.0  # measured, per run
 WARMUP_S = 0.5
-SEEN_ON = ("AMD EPYC, 2 shared cores, Python 3.11.7, grpcio 1.85.3, uvloop 0.23.0; commit 7401c54 with "
-           "this tool and the eager-when-idle dispatch (uncommitted) in the working tree")
+SEEN_ON = "AMD EPYC, 2 shared cores, Python 3.11.7, grpcio 1.85.3, uvloop 0.23.0; commit 7eca99d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,9 @@ SERVERS: dict[str, Server] = {
     "model": Server(MODEL_URI),
     "model-unbatched": Server(MODEL_URI, ("--batch-max-size=1",)),
     "model-2x": Server(MODEL_URI, ("--model-instances=2",)),
+    # The other dispatch policy, where it differs most: a backend faster than the
+    # pipeline's own cost per batch, one request per message.
+    "zero-window": Server(ZERO_URI, ("--batch-dispatch=window",)),
     # A short queue and queue wait, so that an overload is refused at once instead
     # of queueing for the default second: 4 streams, so that the clients' windows
     # (each the queue length) together exceed the queue, and the server decides.
@@ -88,11 +92,13 @@ class Run:
 RUNS: tuple[Run, ...] = (
     Run("zero-packed-64", "zero", in_flight=64),
     Run("zero-unpacked-64", "zero", in_flight=64, packed=False),
+    Run("zero-window-unpacked-64", "zero-window", in_flight=64, packed=False),
     Run("echo-packed-64", "echo", in_flight=64),
     Run("echo-unpacked-64", "echo", in_flight=64, packed=False),
     Run("model-1", "model", in_flight=1),
     Run("model-8", "model", in_flight=8),
     Run("model-64", "model", in_flight=64),
+    Run("model-unpacked-64", "model", in_flight=64, packed=False),
     Run("model-256", "model", in_flight=256),
     Run("unbatched-64", "model-unbatched", in_flight=64),
     Run("2x-256", "model-2x", in_flight=256),
@@ -123,34 +129,50 @@ class Expectation:
     op: str  # ">=" or "<="
     bound: float
     seen: float | None  # on SEEN_ON
-    target: bool = False  # the bound is where the sidecar should get to, not where it is
+    goal: float | None = None  # where the sidecar should get to, in the same direction
+
+
+def meets(op: str, value: float, bound: float) -> bool:
+    return value >= bound if op == ">=" else value <= bound
 
 
 EXPECTATIONS: tuple[Expectation, ...] = (
     Expectation("zero-latency mock, packed, 64 in flight", "cpu_vs", ("zero-packed-64", "echo-packed-64"),
-                "<=", 2.0, 5.2, target=True),
+                "<=", 5.0, 4.22, goal=2.0),
+    # eager-when-idle sends each request that finds the backend idle on its own:
+    # with no model time that is nearly every one, and each batch costs the
+    # pipeline its hops. `window` batches them (the next two lines).
     Expectation("zero-latency mock, unpacked, 64 in flight", "cpu_vs", ("zero-unpacked-64", "echo-unpacked-64"),
-                "<=", 1.5, 3.36, target=True),
+                "<=", 4.5, 3.77, goal=1.5),
     Expectation("zero-latency mock, unpacked, 64 in flight", "rps_vs", ("zero-unpacked-64", "echo-unpacked-64"),
-                ">=", 0.75, 0.685, target=True),
+                ">=", 0.3, 0.371, goal=0.75),
+    Expectation("the same with sidecar.batch.dispatch=window", "cpu_vs", ("zero-window-unpacked-64", "echo-unpacked-64"),
+                "<=", 2.6, 2.3, goal=1.5),
+    Expectation("the same with sidecar.batch.dispatch=window", "rps_vs", ("zero-window-unpacked-64", "echo-unpacked-64"),
+                ">=", 0.55, 0.615, goal=0.75),
     # At 1 and 8 in flight a dispatch that waits out the window beside an idle
     # backend reaches about 0.4 of the bound, and 2.4 times the floor at 1.
-    Expectation("latency mock, 1 in flight", "rps_vs_bound", ("model-1",), ">=", 0.55, 0.665),
-    Expectation("latency mock, 1 in flight", "p50_vs_floor", ("model-1",), "<=", 1.6, 1.45),
-    Expectation("latency mock, 8 in flight", "rps_vs_bound", ("model-8",), ">=", 0.5, 0.64),
-    Expectation("latency mock, 64 in flight", "rps_vs_bound", ("model-64",), ">=", 0.85, 0.945),
-    Expectation("latency mock, 256 in flight", "rps_vs_bound", ("model-256",), ">=", 0.85, 0.931),
+    # Goal at 1: p50 within 0.5 ms of the floor (2.02 ms): 1.25.
+    Expectation("latency mock, 1 in flight", "rps_vs_bound", ("model-1",), ">=", 0.55, 0.741),
+    Expectation("latency mock, 1 in flight", "p50_vs_floor", ("model-1",), "<=", 1.6, 1.34, goal=1.25),
+    # Goal at 8: Triton's 1,520 req/s on this machine, of a bound of 3,574.
+    Expectation("latency mock, 8 in flight", "rps_vs_bound", ("model-8",), ">=", 0.55, 0.688, goal=0.425),
+    Expectation("latency mock, 64 in flight", "rps_vs_bound", ("model-64",), ">=", 0.85, 0.951, goal=0.9),
+    # Goal: 6,500 req/s (1.3x Triton's 5,024 here), of a bound of 11,770.
+    Expectation("latency mock, unpacked, 64 in flight", "rps_vs_bound", ("model-unpacked-64",), ">=", 0.4, 0.651,
+                goal=0.55),
+    Expectation("latency mock, 256 in flight", "rps_vs_bound", ("model-256",), ">=", 0.85, 0.951),
     # The analytic ratio: (32 / 2.64 ms) / (1 / 2.02 ms) = 24.5.
     Expectation("batching on vs off (max batch 1), 64 in flight", "rps_vs", ("model-64", "unbatched-64"),
-                ">=", 20.0, 25.1),
-    Expectation("2 instances vs 1, 256 in flight", "rps_vs", ("2x-256", "model-256"), ">=", 1.8, 1.89, target=True),
-    Expectation("open loop at 50% of capacity", "achieved_vs_offered", ("open-50",), ">=", 0.97, 0.998),
+                ">=", 20.0, 24.7),
+    Expectation("2 instances vs 1, 256 in flight", "rps_vs", ("2x-256", "model-256"), ">=", 1.6, 1.98, goal=1.8),
+    Expectation("open loop at 50% of capacity", "achieved_vs_offered", ("open-50",), ">=", 0.97, 1.0),
     Expectation("open loop at 50% of capacity", "error_share", ("open-50",), "<=", 0.01, 0.0),
-    Expectation("open loop at 90% of capacity", "achieved_vs_offered", ("open-90",), ">=", 0.95, 0.995),
-    Expectation("open loop at 90% of capacity", "error_share", ("open-90",), "<=", 0.03, 0.00911),
-    Expectation("open loop at 110% of capacity", "rps_vs", ("open-110", "capacity"), ">=", 0.85, 0.92),
+    Expectation("open loop at 90% of capacity", "achieved_vs_offered", ("open-90",), ">=", 0.95, 0.999),
+    Expectation("open loop at 90% of capacity", "error_share", ("open-90",), "<=", 0.03, 0.0),
+    Expectation("open loop at 110% of capacity", "rps_vs", ("open-110", "capacity"), ">=", 0.85, 0.93),
     Expectation("open loop at 110% of capacity", "refused_share", ("open-110",), ">=", 0.9, 1.0),
-    Expectation("open loop at 110% of capacity", "p99_vs_queue_wait", ("open-110",), "<=", 1.0, 0.719),
+    Expectation("open loop at 110% of capacity", "p99_vs_queue_wait", ("open-110",), "<=", 1.0, 0.501),
 )
 
 SYMBOL = {">=": "≥", "<=": "≤"}
@@ -166,13 +188,17 @@ def render_markdown() -> str:
         f"`gpu-sidecar bench --check` runs each run below for {SECONDS:g} s after a {WARMUP_S:g} s warm-up, "
         "one load process, then judges each case.",
         "",
-        "| case | run | ratio | expected | seen here |",
-        "|---|---|---|---|---:|",
+        "| case | run | ratio | expected | seen here | goal |",
+        "|---|---|---|---|---:|---|",
     ]
     for e in EXPECTATIONS:
-        expected = f"{SYMBOL[e.op]} {e.bound:g}" + (" (target)" if e.target else "")
+        expected = f"{SYMBOL[e.op]} {e.bound:g}"
         seen = "not yet measured" if e.seen is None else f"{e.seen:.3g}"
-        lines.append(f"| {e.name} | `{e.runs[0]}` | {describe_ratio(e)} | {expected} | {seen} |")
+        goal = ""
+        if e.goal is not None:
+            status = "" if e.seen is None else (" (met)" if meets(e.op, e.seen, e.goal) else " (not met)")
+            goal = f"{SYMBOL[e.op]} {e.goal:g}{status}"
+        lines.append(f"| {e.name} | `{e.runs[0]}` | {describe_ratio(e)} | {expected} | {seen} | {goal} |")
     lines += ["", f"Seen on {SEEN_ON}.", "", "| run | load | the same on its own |", "|---|---|---|"]
     for r in RUNS:
         server = SERVERS[r.server]

@@ -305,6 +305,7 @@ class SidecarServer:
             if stuck:
                 event(log, "actors left running", level=logging.WARNING, actors=",".join(stuck))
             self._pipeline = None
+        self.metric_registry.before_snapshot = None  # its metrics actor is gone
         await asyncio.to_thread(self.metric_registry.close)
         event(log, "stopped")
 

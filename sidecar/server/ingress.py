@@ -187,8 +187,13 @@ class Ingress:
     def _route_arrived(self) -> None:
         self._arrival_scheduled = False
         arrived = self._arrived
-        for _ in range(len(arrived)):
-            self._route(*arrived.popleft())
+        try:
+            for _ in range(len(arrived)):
+                self._route(*arrived.popleft())
+        finally:
+            if arrived and not self._arrival_scheduled:  # _route raised: the rest still go
+                self._arrival_scheduled = True
+                self._loop.call_soon(self._route_arrived)
 
     def written(self, stream: Stream, sent: list[Outgoing]) -> None:
         """The servicer wrote these: record their end-to-end and delivery times.

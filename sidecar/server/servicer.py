@@ -137,7 +137,12 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                     _refuse(ingress, stream, frames, f"is not an InferStreamRequest ({message.size} bytes: {message.error})")
                     return
                 batches = message.batches
-                n = len(message.requests) + (batch_items(batches) if batches else 0)
+                # Batches are counted before their ids are: each one costs a loop
+                # step to walk, ids or none, so a message of millions of empty ones
+                # must not get past the window as a message of none.
+                n = len(message.requests) + len(batches)
+                if n <= life.window and batches:
+                    n = len(message.requests) + batch_items(batches)
                 if n > life.window:
                     # Each request costs the session a few microseconds with the
                     # GIL held: a message of a million tiny requests would stall

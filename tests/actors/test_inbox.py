@@ -125,3 +125,17 @@ def test_telling_a_stopped_actor_raises_and_leaves_nothing_behind():
     with pytest.raises(pykka.ActorDeadError):
         inbox.tell("late")
     assert len(inbox) == 0 and not isinstance(inbox, LazyInbox)
+
+
+def test_an_armed_inbox_whose_receiver_stopped_raises_instead_of_piling_up(recorder):
+    ref, gate, entered = recorder
+    inbox = Inbox(ref)
+    inbox.tell("hold")
+    assert entered.wait(5)
+    inbox.tell("armed")  # a Wake is on its way ...
+    ref.stop(block=False)  # ... to a receiver that stops before taking it
+    gate.set()
+    ref.actor_stopped.wait(5)
+    with pytest.raises(pykka.ActorDeadError):
+        inbox.tell("late")
+    assert len(inbox) == 0

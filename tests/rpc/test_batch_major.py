@@ -133,3 +133,40 @@ def test_the_client_packs_alike_requests_as_batches_and_gets_every_answer():
                 assert not client._rows  # every row was dropped once sent
 
     run(go())
+
+
+def test_empty_batches_count_towards_the_window():
+    async def go():
+        async with serving(max_outstanding=8) as server:
+            async with SidecarClient(server.address) as client:
+                call = client.stub.Infer()
+                await call.write(pb.InferStreamRequest(batches=[pb.InferBatch() for _ in range(100_000)]))
+                await call.done_writing()
+                try:
+                    async for _ in call:
+                        raise AssertionError("a message past the window was answered")
+                except grpc.aio.AioRpcError:
+                    pass
+                assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    run(go())
+
+
+def test_a_submit_refused_for_an_id_in_flight_keeps_no_row():
+    """Its inputs must never go out under the other request's id."""
+
+    async def go():
+        async with serving(model_uri="mock:?base_ms=50") as server:
+            async with SidecarClient(server.address) as client:
+                first = client.submit_raw(pb.InferRequest(request_id=1, inputs=[batch([], rows(1)[0]).inputs[0]]))
+                try:
+                    client.submit({"input": rows(1, 7.0)[0]})  # draws id 1: already in flight
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError("an id in flight was accepted twice")
+                assert 1 not in client._rows
+                out = await first
+                np.testing.assert_array_equal(out["output"], rows(1)[0] * 2)
+
+    run(go())
