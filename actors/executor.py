@@ -15,7 +15,16 @@ given up on as hung, that is its call finally returning, and its thread, backend
 
 A replacement is started with no backend, only the factory: it makes the
 instance and loads it in its own thread, on LoadBackend (a CUDA context belongs
-to the thread that made it; and a slow factory holds up no one else).
+to the thread that made it; and a slow factory holds up no one else). Loading
+includes the backend's warm-up over the batch sizes it will see, so the sidecar
+turns READY (and a replacement comes back) only once the engine is warm.
+
+A batch is run in two phases (sidecar/backends/base.py): start (join the
+requests' bytes, into the backend's own buffers where it has them, and submit)
+and finish (collect, split, answer). For most backends the two follow at once.
+A pipelined backend's submit returns before the device is done, so when another
+batch already waits in the mailbox the executor starts that one before it
+finishes the first: joining and copying batch N+1 overlaps computing batch N.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -43,12 +53,22 @@ from actors.messages import (
     LoadBackend,
     Peers,
 )
-from sidecar.backends.base import Backend, BackendInfo
+from sidecar.backends.base import Backend, BackendInfo, warm_up_sizes
 from sidecar.clock import Clock
 from sidecar.core.status import Code, Failure
-from sidecar.core.tensors import ModelSpec, join_inputs, split_outputs
+from sidecar.core.tensors import ModelSpec, join_inputs, join_into, split_outputs
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Started:
+    """A batch submitted to the backend and not yet collected (or failed to start)."""
+
+    batch: DispatchBatch
+    started: float
+    handle: Any = None
+    failure: Failure | None = None
 
 
 class ExecutorActor(SidecarActor):
@@ -61,6 +81,7 @@ class ExecutorActor(SidecarActor):
         clock: Clock,
         retired: threading.Event,
         make_backend: Callable[[], Backend] | None = None,
+        max_batch: int | None = None,
     ) -> None:
         super().__init__()
         if backend is None and make_backend is None:
@@ -72,11 +93,15 @@ class ExecutorActor(SidecarActor):
         self._clock = clock
         self._retired = retired
         self._spec: ModelSpec | None = None
+        self._max_batch = max_batch  # the configured largest batch: what warm-up covers
+        self._pending: _Started | None = None  # a pipelined backend's batch in flight
         self._peers: Peers | None = None
         # Per batch: free to the batcher, answers to the session, figures to metrics.
         self._outboxes: tuple[Inbox, Inbox, Inbox] | None = None
 
     def on_receive(self, message: Any) -> Any:
+        if self._pending is not None and not isinstance(message, DispatchBatch):
+            self._finish_pending()  # nothing else may wait behind a batch on the device
         match message:
             case DispatchBatch():
                 if not self._retired.is_set():
@@ -92,12 +117,9 @@ class ExecutorActor(SidecarActor):
 
     def _load(self, reply_to: pykka.ActorRef[Any] | None) -> BackendInfo | None:
         if reply_to is None:  # asked at start-up: the wiring waits for the answer
-            info = self._made().load()
-            self._spec = info.spec
-            return info
+            return self._load_and_warm()
         try:
-            info = self._made().load()
-            self._spec = info.spec
+            info = self._load_and_warm()
             message = ExecutorLoaded(self._index, self._incarnation, info, None)
         except Exception as e:
             log.warning("executor %d: replacement backend failed to load: %s: %s", self._index, type(e).__name__, e)
@@ -107,6 +129,15 @@ class ExecutorActor(SidecarActor):
         except pykka.ActorDeadError:
             pass  # the pipeline is stopping
         return None
+
+    def _load_and_warm(self) -> BackendInfo:
+        backend = self._made()
+        info = backend.load()
+        if self._max_batch is not None:
+            largest = min(self._max_batch, info.max_batch_size or self._max_batch)
+            backend.warm_up(info.spec, warm_up_sizes(largest))
+        self._spec = info.spec
+        return info
 
     def _made(self) -> Backend:
         """The backend, made here (in this thread) on first use if only a factory was given."""
@@ -153,26 +184,58 @@ class ExecutorActor(SidecarActor):
             log.exception("executor %d: backend close failed", self._index)
 
     def _run(self, batch: DispatchBatch) -> None:
+        assert self._backend is not None and self._spec is not None, "LoadBackend must come first"
+        started = self._start(batch)
+        previous, self._pending = self._pending, None
+        if previous is not None:
+            self._finish(previous)
+        if self._backend.pipelined and started.failure is None and not self.actor_inbox.empty():
+            self._pending = started  # the next batch is here: start it before this one finishes
+        else:
+            self._finish(started)
+
+    def _finish_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._finish(pending)
+
+    def _start(self, batch: DispatchBatch) -> _Started:
+        backend, spec = self._backend, self._spec
+        assert backend is not None and spec is not None
+        started = _Started(batch, self._clock.now())
+        try:
+            items = [r.inputs for r in batch.requests]
+            buffers = backend.input_buffers(len(items))
+            inputs = join_inputs(items, spec.inputs) if buffers is None else join_into(items, spec.inputs, buffers)
+            started.handle = backend.submit(inputs)
+        except Exception as e:  # any backend error fails this batch, and only this batch
+            started.failure = self._failed(batch, e)
+        return started
+
+    def _failed(self, batch: DispatchBatch, e: Exception) -> Failure:
+        assert self._backend is not None
+        log.warning("executor %d: batch %d failed: %s", self._index, batch.batch_id, e)
+        return Failure(Code.INTERNAL, f"backend {self._backend.name!r} failed: {type(e).__name__}: {e}")
+
+    def _finish(self, run: _Started) -> None:
         outboxes, spec, backend = self._outboxes, self._spec, self._backend
         assert outboxes is not None and spec is not None and backend is not None, "Connect and LoadBackend must come first"
         to_batcher, to_session, to_metrics = outboxes
-        requests = batch.requests
-        started = self._clock.now()
-        outputs = None
-        try:
-            inputs = join_inputs([r.inputs for r in requests], spec.inputs)
-            outputs = split_outputs(backend.infer(inputs), spec.outputs, len(requests))
-        except Exception as e:  # any backend error fails this batch, and only this batch
-            log.warning("executor %d: batch %d failed: %s", self._index, batch.batch_id, e)
-            failure = Failure(Code.INTERNAL, f"backend {backend.name!r} failed: {type(e).__name__}: {e}")
+        batch, requests, failure, outputs = run.batch, run.batch.requests, run.failure, None
+        if failure is None:
+            try:
+                outputs = split_outputs(backend.collect(run.handle), spec.outputs, len(requests))
+            except Exception as e:  # any backend error fails this batch, and only this batch
+                failure = self._failed(batch, e)
         if self._retired.is_set():
             return  # given up on while it ran: its requests were answered DEADLINE_EXCEEDED
         completed_at = self._clock.now()
-        compute_s = completed_at - started
+        compute_s = completed_at - run.started
         to_batcher.tell(ExecutorFree(self._index, self._incarnation, compute_s))
         if outputs is not None:
             to_session.tell(BatchSucceeded(requests, outputs, BatchTiming(batch, compute_s, completed_at)))
         else:
+            assert failure is not None
             to_session.tell(BatchFailed(tuple((r, failure) for r in requests), completed_at))
         dispatched_at = batch.dispatched_at
         to_metrics.tell(

@@ -128,10 +128,15 @@ class SidecarConfig:
     tm_id: str = key("sidecar.metrics.tm-id", TEXT, "the tm_id scope variable (label); empty means this host's name", "")
     log_format: str = key("sidecar.log.format", _choice("text", "json"), "text: one key=value line per event; json: one JSON object per line", "text")
     log_level: str = key("sidecar.log.level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "the least severe level logged", "INFO")
+    # `sidecar.backend.<name>.<option>` keys (a file or -D): each backend's own
+    # options, given to it as text (sidecar/backends/options.py). Not a key itself.
+    backend_options: tuple[tuple[str, str, str], ...] = field(default=(), metadata={})
 
     def __post_init__(self) -> None:
         problems = []
         for f in fields(self):
+            if "key" not in f.metadata:
+                continue
             kind, value = f.metadata["kind"], getattr(self, f.name)
             if not kind.ok(value):
                 problems.append(f"{f.metadata['key']}: {value!r} is not allowed; expected {kind.allowed}")
@@ -143,6 +148,10 @@ class SidecarConfig:
             )
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
+
+    def options_for(self, backend: str) -> dict[str, str]:
+        """The `sidecar.backend.<backend>.*` options, by option name."""
+        return {option: value for name, option, value in self.backend_options if name == backend}
 
     @property
     def pack_bytes(self) -> int:
@@ -181,4 +190,5 @@ class KeySpec:
 KEYS: dict[str, KeySpec] = {
     f.metadata["key"]: KeySpec(f.metadata["key"], f.name, f.metadata["kind"], f.metadata["doc"], f.default)
     for f in fields(SidecarConfig)
+    if "key" in f.metadata
 }

@@ -57,16 +57,23 @@ def load(
 ) -> Loaded:
     """`flags` holds (key, raw value, how it was given, e.g. '--batch-max-size')."""
     raw: dict[str, tuple[Any, str]] = {}
+    options: dict[tuple[str, str], str] = {}  # (backend, option) -> value
     if file is not None:
         for k, v in _read_yaml(file).items():
-            raw[_known(k, f"file {file}")] = (v, f"file {file}")
+            if not _backend_option(k, v, f"file {file}", options):
+                raw[_known(k, f"file {file}")] = (v, f"file {file}")
     for name, v in (env or {}).items():
         if name.startswith(ENV_PREFIX):
             if name not in _BY_ENV:
                 raise ConfigError(f"unknown environment variable {name}{_suggest(name, _BY_ENV)}")
             raw[_BY_ENV[name]] = (v, f"env {name}")
     for k, v, how in flags:
-        raw[_known(k, f"flag {how}")] = (v, f"flag {how}")
+        if not _backend_option(k, v, f"flag {how}", options):
+            raw[_known(k, f"flag {how}")] = (v, f"flag {how}")
+    if options:
+        values_options = tuple((b, o, v) for (b, o), v in sorted(options.items()))
+    else:
+        values_options = ()
 
     values: dict[str, Any] = {}
     sources = {k: "default" for k in KEYS}
@@ -80,7 +87,7 @@ def load(
             raise ConfigError(f"{k}: {v!r} (from {source}) is not allowed; expected {spec.kind.allowed}") from None
         sources[k] = source
     try:
-        config = SidecarConfig(**values)
+        config = SidecarConfig(**values, backend_options=values_options)
     except ValueError as e:
         raise ConfigError(_with_sources(str(e), sources)) from None
     return Loaded(config, sources)
@@ -118,6 +125,18 @@ def _flatten(data: Mapping[Any, Any], prefix: str = "") -> Iterable[tuple[str, A
             yield from _flatten(v, name + ".")
         else:
             yield name, v
+
+
+def _backend_option(k: str, v: Any, source: str, into: dict[tuple[str, str], str]) -> bool:
+    """`sidecar.backend.<name>.<option>` (four parts or more, so never one of the
+    sidecar.backend.* keys): a backend's own option, kept as text. True if it was one."""
+    parts = k.split(".")
+    if len(parts) < 4 or parts[:2] != ["sidecar", "backend"] or k in KEYS:
+        return False
+    if v is None or isinstance(v, (dict, list)):
+        raise ConfigError(f"{k} (from {source}) must be a single value")
+    into[(parts[2], ".".join(parts[3:]))] = str(v).lower() if isinstance(v, bool) else str(v)
+    return True
 
 
 def _known(k: str, source: str) -> str:

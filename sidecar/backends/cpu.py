@@ -18,7 +18,7 @@ from urllib.request import url2pathname
 
 import numpy as np
 
-from sidecar.backends.base import Backend, BackendError, BackendInfo
+from sidecar.backends.base import Backend, BackendError, BackendInfo, BackendOptions
 from sidecar.core.tensors import ModelSpec, TensorSpec
 
 DEFAULT_SIZES = (16, 64, 16)
@@ -29,8 +29,8 @@ Layers = list[tuple[np.ndarray, np.ndarray]]
 class CpuBackend(Backend):
     name = "cpu"
 
-    def __init__(self, model_uri: str) -> None:
-        super().__init__(model_uri)
+    def __init__(self, model_uri: str, options: BackendOptions | None = None) -> None:
+        super().__init__(model_uri, options)
         self._layers: Layers = []
 
     def load(self) -> BackendInfo:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
@@ -123,6 +123,10 @@ class MockBackend(Backend):
         dim = (self.options.dim,)
         spec = ModelSpec(inputs=(TensorSpec("input", "float32", dim),), outputs=(TensorSpec("output", "float32", dim),))
         return BackendInfo(spec, max_batch_size=self.options.max_batch)
+
+    def warm_up(self, spec: ModelSpec, sizes: Sequence[int]) -> None:
+        """Nothing to warm; and its faults count the batches clients send (batch N
+        of `fail_on_batch=N` is the N-th a test sends, not N minus the warm-up's)."""
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         self.batches += 1

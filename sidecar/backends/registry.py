@@ -13,16 +13,24 @@ backend is asked for: a GPU backend's heavy imports cost nothing when unused.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 
 from sidecar.backends.base import Backend, BackendError
+from sidecar.backends.options import BackendOptions
 
 ENTRY_POINT_GROUP = "gpu_sidecar.backends"
 
 _BUILTINS: dict[str, str] = {
     "mock": "sidecar.backends.mock:MockBackend",
     "cpu": "sidecar.backends.cpu:CpuBackend",
+    "onnx": "sidecar.backends.onnx:OnnxBackend",
+    "torch": "sidecar.backends.torch:TorchBackend",
+    "tensorrt": "sidecar.backends.tensorrt:TensorRTBackend",
 }
+# The package extra that brings what a built-in imports: named when the import fails.
+_EXTRAS: dict[str, str] = {"onnx": "onnx", "torch": "torch", "tensorrt": "tensorrt"}
 
 
 class UnknownBackend(ValueError):
@@ -41,6 +49,13 @@ def backend_class(name: str) -> type[Backend]:
         raise UnknownBackend(f"unknown backend {name!r}; available: {', '.join(available())}")
     try:
         cls = found.load()
+    except ImportError as e:
+        if name in _EXTRAS:  # a built-in whose optional packages are not installed
+            raise BackendError(
+                f"backend {name!r} needs a package that is not installed ({e}); "
+                f"install it with: pip install 'gpu-sidecar[{_EXTRAS[name]}]'"
+            ) from e
+        raise BackendError(f"backend {name!r} ({found.value}) failed to import: {e!r}") from e
     except Exception as e:  # a broken plugin must not look like a missing one
         raise BackendError(f"backend {name!r} ({found.value}) failed to import: {e!r}") from e
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
@@ -48,9 +63,13 @@ def backend_class(name: str) -> type[Backend]:
     return cls
 
 
-def create(name: str, model_uri: str) -> Backend:
-    """A new, not yet loaded, instance of the backend `name` for `model_uri`."""
-    return backend_class(name)(model_uri)
+def create(name: str, model_uri: str, options: Mapping[str, str] | None = None) -> Backend:
+    """A new, not yet loaded, instance of the backend `name` for `model_uri`, with
+    its configured options (`sidecar.backend.<name>.*`) over the URI's query."""
+    cls = backend_class(name)
+    if options is None or "options" not in inspect.signature(cls).parameters:
+        return cls(model_uri)  # a backend written before options existed reads its URI itself
+    return cls(model_uri, BackendOptions.of(name, model_uri, options))
 
 
 def _entry_points() -> dict[str, EntryPoint]:

@@ -258,6 +258,26 @@ def join_inputs(items: Sequence[tuple[bytes, ...]], specs: Sequence[TensorSpec])
     return batch
 
 
+def join_into(
+    items: Sequence[tuple[bytes, ...]], specs: Sequence[TensorSpec], buffers: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """As `join_inputs`, but into arrays the backend handed out (pinned host memory,
+    say): each item's bytes are copied once, straight into place."""
+    n = len(items)
+    for i, spec in enumerate(specs):
+        dst = buffers.get(spec.name)
+        if dst is None or dst.shape != (n, *spec.shape) or dst.dtype != DTYPES[spec.dtype]:
+            got = "none" if dst is None else f"{dst.dtype}{list(dst.shape)}"
+            raise BadBackendOutput(f"the backend's input buffer for {spec.name!r} is {got}, "
+                                   f"expected {spec.dtype}{[n, *spec.shape]}")
+        if not (dst.flags.c_contiguous and dst.flags.writeable):
+            raise BadBackendOutput(f"the backend's input buffer for {spec.name!r} is not writable C-contiguous memory")
+        raw, size = memoryview(dst).cast("B"), spec.nbytes
+        for j, item in enumerate(items):
+            raw[j * size : (j + 1) * size] = item[i]
+    return {spec.name: buffers[spec.name] for spec in specs}
+
+
 def split_outputs(outputs: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], n: int) -> list[tuple[bytes, ...]]:
     """Cuts [N, *shape] backend outputs into N per-item tuples of bytes, in spec order.
 

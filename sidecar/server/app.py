@@ -165,7 +165,8 @@ class SidecarServer:
     async def load(self) -> None:
         config = self.config
         started = time.monotonic()
-        make_backend = self._make_backend or (lambda: registry.create(config.backend, config.model_uri))
+        options = config.options_for(config.backend)
+        make_backend = self._make_backend or (lambda: registry.create(config.backend, config.model_uri, options))
         backends = self._backends or [make_backend() for _ in range(config.instances)]
         assert self._ingress is not None, "listen() first"
         # Loading can take minutes on a real model; the loop keeps serving meanwhile.

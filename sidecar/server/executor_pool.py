@@ -34,9 +34,10 @@ class _Handle:
 
 
 class ExecutorPool:
-    def __init__(self, make_backend: Callable[[], Backend], clock: Clock) -> None:
+    def __init__(self, make_backend: Callable[[], Backend], clock: Clock, max_batch: int | None = None) -> None:
         self._make_backend = make_backend
         self._clock = clock
+        self._max_batch = max_batch  # what each instance warms up to when it loads
         self._lock = threading.Lock()
         self._handles: dict[int, _Handle] = {}
         self.peers: Peers | None = None  # set once the pipeline is wired
@@ -45,7 +46,9 @@ class ExecutorPool:
         """Starts executor `index`: on `backend`, or (none given) on one it makes itself
         with the factory, in its own thread, when it is told LoadBackend."""
         retired = threading.Event()
-        ref = ExecutorActor.start(index, incarnation, backend, self._clock, retired, self._make_backend)
+        ref = ExecutorActor.start(
+            index, incarnation, backend, self._clock, retired, self._make_backend, max_batch=self._max_batch
+        )
         with self._lock:
             self._handles[index] = _Handle(ref, incarnation, retired)
         return ref

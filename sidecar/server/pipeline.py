@@ -75,7 +75,7 @@ def start_pipeline(
     """
     if len(backends) != config.instances:
         raise ValueError(f"{config.instances} instances configured but {len(backends)} backends given")
-    pool = ExecutorPool(make_backend or _cannot_replace, clock)
+    pool = ExecutorPool(make_backend or _cannot_replace, clock, max_batch=config.max_batch_size)
     executors = [pool.start(i, backend=b) for i, b in enumerate(backends)]
     started: list[pykka.ActorRef] = list(executors)
     try:
