@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sidecar.backends import registry
@@ -14,17 +16,22 @@ from sidecar.backends.base import BackendError
 from sidecar.backends.cpu import CpuBackend
 from sidecar.backends.mock import MockBackend
 from sidecar.backends.registry import UnknownBackend
+from sidecar.client import SidecarClient
+from tests.rpc.helpers import run, serving
 
 PLUGIN_MODULE = "gpu_sidecar_test_plugin"
 
 PLUGIN_SOURCE = textwrap.dedent(
     """
-    from sidecar.backends.base import Backend
+    from sidecar.backends.base import Backend, BackendInfo
+    from sidecar.core.tensors import ModelSpec, TensorSpec
 
     class EchoBackend(Backend):
         name = "echo"
-        def load(self): raise NotImplementedError
-        def infer(self, inputs): return inputs
+        def load(self):
+            spec = TensorSpec("input", "float32", (int(self.options.text("dim", "4")),))
+            return BackendInfo(ModelSpec((spec,), (TensorSpec("output", "float32", spec.shape),)))
+        def infer(self, inputs): return {"output": inputs["input"] + 1}
 
     class NotABackend:
         pass
@@ -114,3 +121,16 @@ def test_configured_options_reach_the_backend_over_the_uri_query():
     assert backend.options.backend == "cpu"
     assert dict(backend.options) == {"seed": "3", "threads": "2", "extra": "x"}
     assert backend.options.integer("threads", 0) == 2
+
+
+def test_a_plugin_backend_serves_through_the_real_server_by_name(install_plugin):
+    install_plugin({"echo": f"{PLUGIN_MODULE}:EchoBackend"})
+
+    async def go():
+        async with serving(backend="echo", model_uri="echo:?dim=3", max_batch_size=4) as server:
+            async with SidecarClient(server.address) as client:
+                outs = await asyncio.gather(*[client.submit({"input": np.full(3, i, np.float32)}) for i in range(10)])
+        for i, out in enumerate(outs):
+            np.testing.assert_array_equal(out["output"], np.full(3, i + 1, np.float32))
+
+    run(go())
