@@ -58,6 +58,8 @@ _PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
 OPTIONS = ("graph_optimization", "inter_op_threads", "intra_op_threads", "io_binding", "providers")
 
 # Off on every provider, because in this pipeline (numpy in, numpy out) it saves
@@ -157,10 +159,11 @@ class OnnxBackend(Backend):
         available = ort.get_available_providers()
         absent = [p for p in providers if p not in available]
         if absent:
+            gpu = any(p in _GPU_PROVIDERS for p in absent)
             raise BackendError(
                 f"sidecar.backend.onnx.providers: {', '.join(absent)} not available in this onnxruntime"
                 f" ({ort.__version__}, {ort.get_device()}); available: {', '.join(available)}"
-                " (CUDA and TensorRT need the onnxruntime-gpu package in place of onnxruntime)"
+                + (" (CUDA and TensorRT need the onnxruntime-gpu package in place of onnxruntime)" if gpu else "")
             )
         return providers
 
