@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import numpy as np
 
@@ -30,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sidecar.backends.base import Backend, BackendError, BackendInfo, BackendOptions
+from sidecar.backends.uri import file_path
 from sidecar.core.tensors import ModelSpec, TensorSpec
 
 # ORT's element type names -> the sidecar's (sidecar.core.tensors.DTYPES).
@@ -181,12 +180,10 @@ class OnnxBackend(Backend):
 
 def model_path(model_uri: str) -> str:
     """The file a model URI names: a plain path, `file://` or `onnx:`, its query dropped."""
-    parts = urlsplit(model_uri)
-    if parts.scheme == "file":
-        return url2pathname(parts.path)
-    if parts.scheme in ("", "onnx"):
-        return parts.path  # a plain path is not percent-decoded: it is a name, not a URL
-    raise BackendError(f"onnx backend: model URI {model_uri!r} is neither a path nor a file:// URI")
+    path = file_path(model_uri, "onnx")
+    if path is None:
+        raise BackendError(f"onnx backend: model URI {model_uri!r} is neither a path nor a file:// URI")
+    return path
 
 
 def _tensor_spec(kind: str, arg: ort.NodeArg) -> TensorSpec:

@@ -20,13 +20,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import numpy as np
 
 from sidecar.backends.base_errors import BackendError
 from sidecar.backends.options import BackendOptions
+from sidecar.backends.uri import file_path
 from sidecar.core.tensors import DTYPES, ModelSpec, TensorSpec
 
 PREFIX = "sidecar.backend.tensorrt"
@@ -122,12 +121,8 @@ def model_path(model_uri: str) -> tuple[Path, str]:
     """The file a model URI names, and what it is: "engine" (deserialized as it
     is) or "onnx" (built into an engine at load). Accepts `/m.plan`, `m.onnx`,
     `tensorrt:/m.engine?...` and `file:///m.plan`."""
-    parts = urlsplit(model_uri)
-    if parts.scheme == "file":
-        path = url2pathname(parts.path)
-    elif parts.scheme in ("", "tensorrt"):
-        path = parts.path
-    else:
+    path = file_path(model_uri, "tensorrt")
+    if path is None:
         raise BackendError(
             f"tensorrt backend: model URI {model_uri!r} should be a path to a .engine, .plan or .onnx file"
             " (optionally 'tensorrt:' or 'file://' before it)"

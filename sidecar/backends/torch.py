@@ -37,8 +37,6 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import numpy as np
 import torch  # the real package: absolute imports never find this module itself
@@ -46,6 +44,7 @@ from torch.export.passes import move_to_device_pass
 
 from sidecar.backends.base import Backend, BackendError, BackendInfo
 from sidecar.backends.options import BackendOptions
+from sidecar.backends.uri import file_path
 from sidecar.core.tensors import DTYPES, ModelSpec, TensorSpec
 
 OPTIONS = {"device", "threads", "precision", "inputs", "outputs"}
@@ -310,15 +309,13 @@ def _tensor_list(opts: BackendOptions, option: str) -> tuple[TensorSpec, ...] | 
 
 
 def _model_path(model_uri: str) -> str:
-    parts = urlsplit(model_uri)
-    if parts.scheme == "file":
-        return url2pathname(parts.path)
-    if parts.scheme in ("", "torch") and parts.path:
-        return parts.path
-    raise BackendError(
-        f"torch backend: model URI {model_uri!r} is not a path, a file:// URI or torch:/path"
-        " (to a torch.jit.save or torch.export.save file)"
-    )
+    path = file_path(model_uri, "torch")
+    if not path:
+        raise BackendError(
+            f"torch backend: model URI {model_uri!r} is not a path, a file:// URI or torch:/path"
+            " (to a torch.jit.save or torch.export.save file)"
+        )
+    return path
 
 
 def _program_kind(path: str) -> str:
