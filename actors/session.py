@@ -143,7 +143,7 @@ class SessionActor(SidecarActor):
             for p in item.requests:
                 failure = None
                 if p.request_id in ids:
-                    failure = f"request id {p.request_id} is already in flight on this stream"
+                    failure = _in_flight(p.request_id)
                 else:
                     try:
                         uid = next(self._uids)
@@ -152,9 +152,7 @@ class SessionActor(SidecarActor):
                     except InvalidTensors as e:
                         failure = f"request {p.request_id}: {e}"
                 if failure is not None:
-                    response = error_response(p.request_id, Failure(Code.INVALID_ARGUMENT, failure))
-                    out.setdefault(stream, []).append((response, received_at, received_at, "invalid"))
-                    counts["invalid"] += 1
+                    _refuse(out, counts, stream, (p.request_id,), failure, received_at)
             for b in item.batches:
                 self._received_batch(b, item, ids, received_at, accepted, out, counts)
             for request_id in item.cancels:
@@ -192,19 +190,12 @@ class SessionActor(SidecarActor):
         try:
             rows, deadline = batch_items(b, received_at, self._spec.inputs, item.deadline)
         except InvalidTensors as e:
-            why = f"batch of {len(request_ids)} item(s): {e}"
-            failure, bad = Failure(Code.INVALID_ARGUMENT, why), out.setdefault(stream, [])
-            for request_id in request_ids:
-                bad.append((error_response(request_id, failure), received_at, received_at, "invalid"))
-            counts["invalid"] += len(request_ids)
+            _refuse(out, counts, stream, request_ids, f"batch of {len(request_ids)} item(s): {e}", received_at)
             return
         timing, uids = b.return_timing, self._uids
         for request_id, row in zip(request_ids, rows):
             if request_id in ids:
-                failure = Failure(Code.INVALID_ARGUMENT, f"request id {request_id} is already in flight on this stream")
-                response = error_response(request_id, failure)
-                out.setdefault(stream, []).append((response, received_at, received_at, "invalid"))
-                counts["invalid"] += 1
+                _refuse(out, counts, stream, (request_id,), _in_flight(request_id), received_at)
                 continue
             uid = next(uids)
             accepted.append(Request(stream, request_id, row, received_at, deadline, timing, uid))
@@ -298,3 +289,17 @@ class SessionActor(SidecarActor):
             self._to_metrics.tell(OutcomesCounted(tuple(counts.items())))
         if out or unknown:
             self._deliver(out, unknown)
+
+
+def _in_flight(request_id: int) -> str:
+    return f"request id {request_id} is already in flight on this stream"
+
+
+def _refuse(
+    out: dict[int, list[Outgoing]], counts: Counter[str], stream: int, request_ids: Sequence[int], why: str, at: float
+) -> None:
+    """Answers these requests INVALID_ARGUMENT at once, saying why; counted invalid."""
+    failure, answers = Failure(Code.INVALID_ARGUMENT, why), out.setdefault(stream, [])
+    for request_id in request_ids:
+        answers.append((error_response(request_id, failure), at, at, "invalid"))
+    counts["invalid"] += len(request_ids)
