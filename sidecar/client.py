@@ -54,7 +54,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
 from sidecar.core.tensors import DTYPES
-from sidecar.packing import MIN_BATCH, Row, pack, row_of
+from sidecar.packing import MIN_BATCH, Row, encode, pack, row_of
 from sidecar.reconnect import ReconnectPolicy
 from sidecar.retry import RetryPolicy
 from sidecar.rpc.convert import duration, retry_after_s
@@ -92,11 +92,8 @@ _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def to_tensor(name: str, value: Any) -> pb.Tensor:
-    arr = np.asarray(value)
-    if arr.dtype.name not in DTYPES:
-        raise TypeError(f"input {name!r}: dtype {arr.dtype} is not supported; use one of {sorted(DTYPES)}")
-    data = np.ascontiguousarray(arr, dtype=DTYPES[arr.dtype.name]).tobytes()
-    return pb.Tensor(name=name, dtype=arr.dtype.name, shape=arr.shape, data=data)
+    dtype, shape, data = encode(name, value)
+    return pb.Tensor(name=name, dtype=dtype, shape=shape, data=data)
 
 
 def from_tensor(t: pb.Tensor) -> np.ndarray:

@@ -26,17 +26,22 @@ Row = tuple[Signature, tuple[bytes, ...]]
 MIN_BATCH = 2
 
 
+def encode(name: str, value: Any) -> tuple[str, tuple[int, ...], bytes]:
+    """An input's dtype name, shape and little-endian C-order bytes, as the wire wants them."""
+    arr = np.asarray(value)
+    if arr.dtype.name not in DTYPES:
+        raise TypeError(f"input {name!r}: dtype {arr.dtype} is not supported; use one of {sorted(DTYPES)}")
+    return arr.dtype.name, arr.shape, np.ascontiguousarray(arr, dtype=DTYPES[arr.dtype.name]).tobytes()
+
+
 def row_of(inputs: Mapping[str, Any], timeout_s: float | None, return_timing: bool) -> tuple[Row, list[pb.Tensor]]:
     """The request's row, and its wire tensors (built from the same bytes)."""
     spec, datas, tensors = [], [], []
     for name, value in inputs.items():
-        arr = np.asarray(value)
-        if arr.dtype.name not in DTYPES:
-            raise TypeError(f"input {name!r}: dtype {arr.dtype} is not supported; use one of {sorted(DTYPES)}")
-        data = np.ascontiguousarray(arr, dtype=DTYPES[arr.dtype.name]).tobytes()
-        spec.append((name, arr.dtype.name, arr.shape))
+        dtype, shape, data = encode(name, value)
+        spec.append((name, dtype, shape))
         datas.append(data)
-        tensors.append(pb.Tensor(name=name, dtype=arr.dtype.name, shape=arr.shape, data=data))
+        tensors.append(pb.Tensor(name=name, dtype=dtype, shape=shape, data=data))
     return ((tuple(spec), timeout_s, return_timing), tuple(datas)), tensors
 
 
