@@ -33,6 +33,21 @@ async def exchange(client: SidecarClient, *messages: pb.InferStreamRequest) -> d
     return answers
 
 
+async def refused(client: SidecarClient, message: pb.InferStreamRequest) -> str:
+    """Sends one message that the stream cannot take: nothing is answered, the call
+    ends INVALID_ARGUMENT; returns its details."""
+    call = client.stub.Infer()
+    await call.write(message)
+    await call.done_writing()
+    try:
+        async for _ in call:
+            raise AssertionError("a message past the window was answered")
+    except grpc.aio.AioRpcError:
+        pass
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return await call.details()
+
+
 def test_each_item_of_a_batch_is_answered_under_its_own_id_with_its_own_row():
     async def go():
         async with serving() as server:
@@ -98,16 +113,8 @@ def test_a_message_with_more_batch_items_than_the_window_ends_the_stream():
     async def go():
         async with serving(max_outstanding=8) as server:
             async with SidecarClient(server.address) as client:
-                call = client.stub.Infer()
-                await call.write(pb.InferStreamRequest(batches=[batch(list(range(9)), rows(9))]))
-                await call.done_writing()
-                try:
-                    async for _ in call:
-                        raise AssertionError("a message past the window was answered")
-                except grpc.aio.AioRpcError:
-                    pass
-                assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
-                assert "carries 9 requests, more than the stream's window of 8" in await call.details()
+                details = await refused(client, pb.InferStreamRequest(batches=[batch(list(range(9)), rows(9))]))
+                assert "carries 9 requests, more than the stream's window of 8" in details
 
     run(go())
 
@@ -139,15 +146,7 @@ def test_empty_batches_count_towards_the_window():
     async def go():
         async with serving(max_outstanding=8) as server:
             async with SidecarClient(server.address) as client:
-                call = client.stub.Infer()
-                await call.write(pb.InferStreamRequest(batches=[pb.InferBatch() for _ in range(100_000)]))
-                await call.done_writing()
-                try:
-                    async for _ in call:
-                        raise AssertionError("a message past the window was answered")
-                except grpc.aio.AioRpcError:
-                    pass
-                assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+                await refused(client, pb.InferStreamRequest(batches=[pb.InferBatch() for _ in range(100_000)]))
 
     run(go())
 
