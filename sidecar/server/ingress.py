@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 NOT_READY = Failure(Code.UNAVAILABLE, "the sidecar is starting: the model is not loaded yet; retry shortly")
 
 
-def batch_items(batches: Sequence[Any]) -> int:
+def batch_item_count(batches: Sequence[Any]) -> int:
     """Requests carried in batch-major form (InferBatch messages)."""
     return sum(len(b.request_ids) for b in batches)
 
@@ -135,11 +135,14 @@ class Ingress:
         return True
 
     def submit(
-        self, stream: Stream, requests: Sequence[Any], cancels: Sequence[int] = (), batches: Sequence[Any] = ()
+        self, stream: Stream, items: int, requests: Sequence[Any], cancels: Sequence[int] = (),
+        batches: Sequence[Any] = (),
     ) -> None:
+        """`items`: the requests read, those in `requests` and every id of `batches`
+        (the reader counted them against the window already)."""
         if stream.life.phase is Phase.GONE:
             return  # read as its call died: nobody is left to answer, and it was never counted
-        stream.life.handle(Read(len(requests) + batch_items(batches), len(cancels)))
+        stream.life.handle(Read(items, len(cancels)))
         if self._session is None:
             now = self._clock.now()
             # Not counted: no pipeline, no metrics yet.

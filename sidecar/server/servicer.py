@@ -21,7 +21,7 @@ from sidecar.metrics.registry import MetricRegistry
 from sidecar.rpc.convert import duration, metrics_snapshot, tensor_spec
 from sidecar.core.stream import Phase
 from sidecar.logs import Throttle, event
-from sidecar.server.ingress import Ingress, Stream, batch_items
+from sidecar.server.ingress import Ingress, Stream, batch_item_count
 from sidecar.server.memory_report import MemoryProbe
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                 # must not get past the window as a message of none.
                 n = len(message.requests) + len(batches)
                 if n <= life.window and batches:
-                    n = len(message.requests) + batch_items(batches)
+                    n = len(message.requests) + batch_item_count(batches)
                 if n > life.window:
                     # Each request costs the session a few microseconds with the
                     # GIL held: a message of a million tiny requests would stall
@@ -154,7 +154,7 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                     ))
                     return
                 if n or message.cancel:
-                    ingress.submit(stream, message.requests, message.cancel, batches)
+                    ingress.submit(stream, n, message.requests, message.cancel, batches)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the call broke under the read; the writer finds out on its own
