@@ -36,8 +36,6 @@ class CpuBackend(Backend):
     def load(self) -> BackendInfo:
         path = _npz_path(self.model_uri)
         self._layers = _read_npz(path) if path is not None else _seeded(*_seeded_options(self.model_uri))
-        # The first call pays for lazy allocations; pay it here, not on a client's request.
-        self.infer({"input": np.zeros((1, self._layers[0][0].shape[0]), np.float32)})
         n_in, n_out = self._layers[0][0].shape[0], self._layers[-1][0].shape[1]
         return BackendInfo(
             ModelSpec(
