@@ -4,7 +4,12 @@
     python scripts/gen_protos.py --out DIR  # write into DIR instead (the staleness test uses this)
 
 The output depends on the grpcio-tools version, which is pinned in pyproject.toml's
-dev extra so that everyone generates the same bytes.
+protos extra so that everyone generates the same bytes. That version is old on
+purpose (its code loads on Beam's protobuf 5 and grpcio 1.65 as well as on the
+newest), and it needs protobuf < 6, so run this where that extra is installed:
+
+    python3 -m venv .venv-flink && .venv-flink/bin/pip install -e '.[protos]'
+    .venv-flink/bin/python scripts/gen_protos.py
 """
 
 from __future__ import annotations

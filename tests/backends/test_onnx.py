@@ -8,16 +8,18 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from sidecar.backends import registry
-from sidecar.backends.base import BackendError
-from sidecar.backends.onnx import OPTIONS, OnnxBackend
-from sidecar.backends.options import BackendOptions
-from sidecar.core.tensors import TensorSpec
+# The onnx extra (in dev); the flink environment in CI goes without it.
+onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install -e '.[onnx]'")
+ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from sidecar.backends import registry  # noqa: E402
+from sidecar.backends.base import BackendError  # noqa: E402
+from sidecar.backends.onnx import OPTIONS, OnnxBackend  # noqa: E402
+from sidecar.backends.options import BackendOptions  # noqa: E402
+from sidecar.core.tensors import TensorSpec  # noqa: E402
 
 Layers = list[tuple[np.ndarray, np.ndarray]]
 

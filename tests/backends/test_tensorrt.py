@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
-from sidecar.backends import registry
-from sidecar.backends.base import Backend, BackendError, BackendInfo, warm_up_sizes
-from sidecar.core.tensors import ModelSpec, TensorSpec
+# The test models are built with onnx (the onnx extra, in dev).
+onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install -e '.[onnx]'")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx.reference import ReferenceEvaluator  # noqa: E402
+
+from sidecar.backends import registry  # noqa: E402
+from sidecar.backends.base import Backend, BackendError, BackendInfo, warm_up_sizes  # noqa: E402
+from sidecar.core.tensors import ModelSpec, TensorSpec  # noqa: E402
 
 REASON = "needs TensorRT, pycuda and a CUDA GPU: unverified here"
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+# The torch extra (in dev); the flink environment in CI goes without it.
+torch = pytest.importorskip("torch", reason="needs the torch extra: pip install -e '.[torch]'")
 
 import sidecar.backends.torch as torch_backend
 from sidecar.backends import registry

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="needs the torch extra: pip install -e '.[torch]'")
 
 from sidecar.client import SidecarClient
 from tests.rpc.helpers import run, serving

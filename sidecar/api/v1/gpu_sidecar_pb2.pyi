@@ -1,12 +1,9 @@
-import datetime
-
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -32,7 +29,7 @@ class InferRequest(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     timeout: _duration_pb2.Duration
     return_timing: bool
-    def __init__(self, request_id: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., return_timing: _Optional[bool] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timeout: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., return_timing: bool = ...) -> None: ...
 
 class InferBatch(_message.Message):
     __slots__ = ("request_ids", "inputs", "timeout", "return_timing")
@@ -44,7 +41,7 @@ class InferBatch(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     timeout: _duration_pb2.Duration
     return_timing: bool
-    def __init__(self, request_ids: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., return_timing: _Optional[bool] = ...) -> None: ...
+    def __init__(self, request_ids: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timeout: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., return_timing: bool = ...) -> None: ...
 
 class InferStreamRequest(_message.Message):
     __slots__ = ("requests", "cancel", "batches")
@@ -76,7 +73,7 @@ class Timing(_message.Message):
     queue_wait: _duration_pb2.Duration
     compute: _duration_pb2.Duration
     batch_size: int
-    def __init__(self, queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., compute: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, queue_wait: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., compute: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class InferStreamResponse(_message.Message):
     __slots__ = ("responses", "unknown_cancels")
@@ -96,7 +93,7 @@ class PingResponse(_message.Message):
     UPTIME_FIELD_NUMBER: _ClassVar[int]
     version: str
     uptime: _duration_pb2.Duration
-    def __init__(self, version: _Optional[str] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., uptime: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
@@ -136,7 +133,7 @@ class Limits(_message.Message):
     max_queued_per_stream: int
     response_pack_bytes: int
     batch_major_requests: bool
-    def __init__(self, max_batch_size: _Optional[int] = ..., batch_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_queue_length: _Optional[int] = ..., max_queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., instances: _Optional[int] = ..., max_inflight_batches_per_instance: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_outstanding_per_stream: _Optional[int] = ..., max_queued_per_stream: _Optional[int] = ..., response_pack_bytes: _Optional[int] = ..., batch_major_requests: _Optional[bool] = ...) -> None: ...
+    def __init__(self, max_batch_size: _Optional[int] = ..., batch_timeout: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_queue_length: _Optional[int] = ..., max_queue_wait: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., instances: _Optional[int] = ..., max_inflight_batches_per_instance: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_outstanding_per_stream: _Optional[int] = ..., max_queued_per_stream: _Optional[int] = ..., response_pack_bytes: _Optional[int] = ..., batch_major_requests: bool = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("backend", "model_uri", "inputs", "outputs", "limits")
@@ -229,7 +226,7 @@ class MemoryReportRequest(_message.Message):
     TOP_FIELD_NUMBER: _ClassVar[int]
     set_baseline: bool
     top: int
-    def __init__(self, set_baseline: _Optional[bool] = ..., top: _Optional[int] = ...) -> None: ...
+    def __init__(self, set_baseline: bool = ..., top: _Optional[int] = ...) -> None: ...
 
 class GrowthSite(_message.Message):
     __slots__ = ("site", "size_diff_bytes", "count_diff", "size_bytes")
@@ -272,4 +269,4 @@ class MemoryReport(_message.Message):
     top_growth: _containers.RepeatedCompositeFieldContainer[GrowthSite]
     structures: _containers.ScalarMap[str, int]
     uptime: _duration_pb2.Duration
-    def __init__(self, tracing: _Optional[bool] = ..., traced_bytes: _Optional[int] = ..., traced_peak_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., open_fds: _Optional[int] = ..., has_baseline: _Optional[bool] = ..., top_growth: _Optional[_Iterable[_Union[GrowthSite, _Mapping]]] = ..., structures: _Optional[_Mapping[str, int]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, tracing: bool = ..., traced_bytes: _Optional[int] = ..., traced_peak_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., open_fds: _Optional[int] = ..., has_baseline: bool = ..., top_growth: _Optional[_Iterable[_Union[GrowthSite, _Mapping]]] = ..., structures: _Optional[_Mapping[str, int]] = ..., uptime: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
