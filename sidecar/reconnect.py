@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from sidecar.backoff import capped_exponential
+
 
 @dataclass(frozen=True, slots=True)
 class ReconnectPolicy:
@@ -32,7 +34,7 @@ class ReconnectPolicy:
 
     def delay_s(self, attempt: int) -> float:
         """The wait before attempt number `attempt` (1 = the first after the stream died)."""
-        ceiling = min(self.max_s, self.initial_s * self.multiplier ** (attempt - 1))
+        ceiling = capped_exponential(self.initial_s, self.multiplier, attempt - 1, self.max_s)
         return ceiling * (1.0 - self.jitter * self.rng.random())
 
     def gives_up_after(self, attempt: int) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from sidecar.backoff import capped_exponential
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -27,7 +29,7 @@ class RetryPolicy:
 
     def delay_s(self, attempt: int, hint_s: float | None) -> float:
         """The wait before retry number `attempt` (1 = the first retry)."""
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        ceiling = capped_exponential(self.initial_backoff_s, self.multiplier, attempt - 1, self.max_backoff_s)
         return max(hint_s or 0.0, self.rng.uniform(0.0, ceiling))
 
     def next_delay_s(self, attempt: int, hint_s: float | None, time_left_s: float) -> float | None:

@@ -2,7 +2,7 @@
 
 CI runs two environments (.ci/run): dev, with the newest releases, and flink, with
 PyFlink and Beam's older grpcio and protobuf. The flink one sets
-GPU_SIDECAR_REQUIRE=flink,protos: there a missing package fails those tests
+SIDECAR_TESTS_REQUIRE=flink,protos: there a missing package fails those tests
 instead of skipping them, so a skip cannot hide that they never ran.
 """
 
@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-REQUIRED = frozenset(filter(None, os.environ.get("GPU_SIDECAR_REQUIRE", "").split(",")))
+REQUIRED = frozenset(filter(None, os.environ.get("SIDECAR_TESTS_REQUIRE", "").split(",")))
 
 
 def need(what: str, missing: str | None) -> None:
@@ -20,5 +20,5 @@ def need(what: str, missing: str | None) -> None:
     if missing is None:
         return
     if what in REQUIRED:
-        pytest.fail(f"GPU_SIDECAR_REQUIRE has {what!r}, but {missing}", pytrace=False)
+        pytest.fail(f"SIDECAR_TESTS_REQUIRE has {what!r}, but {missing}", pytrace=False)
     pytest.skip(missing, allow_module_level=True)

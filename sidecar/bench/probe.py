@@ -65,6 +65,11 @@ class Probe:
                 return None
             raise
 
+    def counters(self) -> dict[str, int]:
+        """Every counter of the server's registry now, by name (docs/metrics.md)."""
+        snapshot = self._stub.GetMetrics(pb.GetMetricsRequest(), timeout=RPC_TIMEOUT_S)
+        return {m.name: int(m.counter) for m in snapshot.metrics if m.HasField("counter")}
+
     def batch_sizes(self) -> Histogram | None:
         """The server's batch-size histogram now; None if it has none (the echo baseline)."""
         try:

@@ -1,0 +1,201 @@
+"""A SidecarClient on a thread and event loop of its own, used from any other thread or loop.
+
+PyFlink runs `async_invoke` on an event loop it starts only after `open()` and
+stops before `close()` (docs/flink.md), so the client cannot live on that loop:
+`open()` could not connect and `close()` could not close. It lives here instead,
+and callers hand requests over with `submit()`, which is thread-safe and returns
+a concurrent.futures.Future (await it with asyncio.wrap_future).
+
+Every wait is bounded:
+    start(connect_timeout_s)  waits for health SERVING and the stream, at most that long
+    submit()                  the sidecar answers within the request's timeout; a guard
+                              GUARD_S later fails it locally (a hung or partitioned server)
+    close(timeout_s)          waits for the answers at most that long, then cancels the rest
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from sidecar.client import InferError, SidecarClient
+from sidecar.flink.errors import SidecarPermanentError, SidecarRetryableError, from_infer_error
+from sidecar.flink.stats import FunctionStats
+from sidecar.reconnect import ReconnectPolicy
+from sidecar.retry import RetryPolicy
+
+GUARD_S = 5.0  # past the request's own timeout, how long before it fails here
+STOP_GRACE_S = 5.0  # close(): how long the loop gets to wind down after the client closed
+
+
+class ClientThread:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float,
+        reconnect: ReconnectPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        max_pack: int = 64,
+        max_in_flight: int | None = None,
+        stats: FunctionStats | None = None,
+        name: str = "sidecar-client",
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.target = target
+        self.timeout_s = timeout_s
+        self.stats = stats or FunctionStats()
+        self._client_args: dict[str, Any] = {
+            "max_pack": max_pack,
+            "max_in_flight": max_in_flight,
+            "retry": retry,
+            "reconnect": reconnect,
+        }
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: SidecarClient | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ---- life ---------------------------------------------------------------------------
+
+    def start(self, connect_timeout_s: float) -> None:
+        """Starts the thread and connects: waits for health SERVING, then opens the stream.
+        Raises SidecarRetryableError (UNAVAILABLE) if that takes over `connect_timeout_s`,
+        leaving no thread behind."""
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name=self._name, daemon=True)
+        self._thread.start()
+        ready.wait()
+        assert self._loop is not None
+        connecting = asyncio.run_coroutine_threadsafe(self._connect(connect_timeout_s), self._loop)
+        try:
+            connecting.result(connect_timeout_s + STOP_GRACE_S)
+        except BaseException as error:
+            connecting.cancel()
+            self._stop_loop()
+            if isinstance(error, (TimeoutError, concurrent.futures.TimeoutError, OSError)):
+                raise SidecarRetryableError(
+                    "UNAVAILABLE", f"no ready sidecar at {self.target} after {connect_timeout_s:g} s: {error}"
+                ) from error
+            raise
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Waits at most `timeout_s` for the answers still due, fails the rest CANCELLED,
+        and stops the thread. Safe to call twice, and after a failed start."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is None or self._client is None:
+            self._stop_loop()
+            return
+        closing = asyncio.run_coroutine_threadsafe(self._client.close(timeout_s), self._loop)
+        try:
+            closing.result(timeout_s + STOP_GRACE_S)
+        except concurrent.futures.TimeoutError:
+            closing.cancel()
+        finally:
+            self._stop_loop()
+
+    @property
+    def alive(self) -> bool:
+        return self._client is not None and self._client.alive
+
+    # ---- requests -----------------------------------------------------------------------
+
+    def submit(self, inputs: Mapping[str, np.ndarray]) -> concurrent.futures.Future[dict[str, np.ndarray]]:
+        """Sends one request (from any thread). The future gets the outputs, or a
+        SidecarRetryableError / SidecarPermanentError."""
+        if self._closed or self._loop is None:
+            raise RuntimeError("the sidecar client is closed" if self._closed else "the sidecar client is not started")
+        answer: concurrent.futures.Future[dict[str, np.ndarray]] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(self._submit, inputs, answer)
+        return answer
+
+    def _submit(self, inputs: Mapping[str, np.ndarray], answer: concurrent.futures.Future[Any]) -> None:
+        client, loop, stats = self._client, self._loop, self.stats
+        assert client is not None and loop is not None
+        stats.requests += 1
+        started = time.perf_counter()
+        try:
+            pending = client.submit(inputs, timeout_s=self.timeout_s)
+        except Exception as error:  # an input the client cannot encode, or a client closing
+            stats.failed += 1
+            code = "CANCELLED" if isinstance(error, RuntimeError) else "INVALID_ARGUMENT"
+            answer.set_exception(SidecarPermanentError(code, f"{type(error).__name__}: {error}"))
+            return
+        guard = loop.call_later(self.timeout_s + GUARD_S, self._expire, pending, answer)
+
+        def settle(done: asyncio.Future[dict[str, np.ndarray]]) -> None:
+            guard.cancel()
+            stats.reconnects = client.reconnects
+            if done.cancelled() or answer.done():
+                return  # the guard failed it already (and cancelled it)
+            error = done.exception()
+            if error is None:
+                stats.succeeded += 1
+                stats.latency_us.update((time.perf_counter() - started) * 1e6)
+                answer.set_result(done.result())
+                return
+            mapped = from_infer_error(error) if isinstance(error, InferError) else None
+            if isinstance(mapped, SidecarRetryableError):
+                stats.retryable += 1
+            else:
+                stats.failed += 1
+            answer.set_exception(mapped or SidecarPermanentError("INTERNAL", f"{type(error).__name__}: {error}"))
+
+        pending.add_done_callback(settle)
+
+    def _expire(self, pending: asyncio.Future[Any], answer: concurrent.futures.Future[Any]) -> None:
+        if answer.done():
+            return
+        # Cancelled, the client's future no longer holds close() up; the client drops
+        # the request's entry when the sidecar answers it at last (its own deadline).
+        pending.cancel()
+        self.stats.failed += 1
+        answer.set_exception(
+            SidecarPermanentError(
+                "DEADLINE_EXCEEDED",
+                f"no answer from {self.target} within the request's {self.timeout_s:g} s timeout plus {GUARD_S:g} s",
+            )
+        )
+
+    # ---- the thread ---------------------------------------------------------------------
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _connect(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        client = SidecarClient(self.target, **self._client_args)
+        try:
+            await client.wait_ready(timeout_s)
+            await asyncio.wait_for(client.connect(), max(deadline - time.monotonic(), 0.1))
+        except BaseException:
+            await client.close(0)
+            raise
+        self._client = client
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(STOP_GRACE_S)

@@ -1,0 +1,62 @@
+"""Per-subtask tallies of a SidecarAsyncFunction, shown through PyFlink's metric group.
+
+PyFlink's counters and distributions only count on the thread that runs the
+bundle (Beam keeps their container in a thread-local); the answers arrive on the
+client's own thread, so updates made there would be lost. Gauges are read on the
+bundle thread when a bundle finishes, so every figure here is a gauge over plain
+tallies: the counts only grow (rate them in the reporter), and the latency gauges
+cover the last LATENCY_WINDOW answers.
+
+Each tally has one writer: the client's thread, except `retries`, which the
+retry strategy counts on PyFlink's own loop thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar.metrics.types import Histogram
+
+LATENCY_WINDOW = 1024
+
+
+class FunctionStats:
+    __slots__ = ("requests", "succeeded", "retryable", "failed", "retries", "latency_us", "reconnects")
+
+    def __init__(self) -> None:
+        self.requests = 0  # records handed to the sidecar, each attempt counted
+        self.succeeded = 0
+        self.retryable = 0  # failed with a SidecarRetryableError
+        self.failed = 0  # failed with a SidecarPermanentError
+        self.retries = 0  # retries the retry strategy scheduled
+        self.reconnects = 0  # streams reopened after one died
+        self.latency_us = Histogram(LATENCY_WINDOW)  # submit to answer, successes only
+
+    @property
+    def in_flight(self) -> int:
+        return self.requests - self.succeeded - self.retryable - self.failed
+
+    def gauges(self) -> dict[str, Any]:
+        """Name -> a callable giving the current int value, as PyFlink's gauge() takes."""
+        latency = self.latency_us
+
+        def quantile(q: float):
+            return lambda: int(latency.statistics().quantile(q))
+
+        return {
+            "requests": lambda: self.requests,
+            "succeeded": lambda: self.succeeded,
+            "retryableErrors": lambda: self.retryable,
+            "permanentErrors": lambda: self.failed,
+            "retries": lambda: self.retries,
+            "reconnects": lambda: self.reconnects,
+            "inflight": lambda: self.in_flight,
+            "latencyP50Us": quantile(0.5),
+            "latencyP99Us": quantile(0.99),
+            "latencyMaxUs": lambda: int(latency.statistics().max),
+        }
+
+    def register(self, group: Any) -> None:
+        """Adds every gauge to a PyFlink MetricGroup (or anything with `gauge(name, fn)`)."""
+        for name, read in self.gauges().items():
+            group.gauge(name, read)
