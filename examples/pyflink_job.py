@@ -104,7 +104,11 @@ def build(env: StreamExecutionEnvironment, args: argparse.Namespace):
     source = env.from_collection(records, type_info=row).rebalance()
     codec = NumpyCodec(select=lambda r: r[1], emit=lambda r, out: (r[0], out.tolist()))
     fn = SidecarAsyncFunction(
-        args.target, codec, timeout_s=args.sidecar_timeout_s, max_in_flight=args.max_in_flight
+        args.target,
+        codec,
+        timeout_s=args.sidecar_timeout_s,
+        max_in_flight=args.max_in_flight,
+        ride_out=args.ride_out,
     )
     if args.flink_retry:
         strategy = fn.retry_strategy(max_attempts=args.retries, initial_delay_ms=20, max_delay_ms=1000)
@@ -202,6 +206,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-flink-retry", dest="flink_retry", action="store_false", help="unordered_wait, no retries")
     p.add_argument("--retries", type=int, default=20, help="Flink retries per record")
+    p.add_argument(
+        "--no-ride-out", dest="ride_out", action="store_false", help="records fail at once while the sidecar is away"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.flink_retry and args.flink_timeout_s <= 0:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sidecar.backoff import capped_exponential
 from sidecar.client import InferError, SidecarClient
 from sidecar.flink.errors import SidecarPermanentError, SidecarRetryableError, from_infer_error
 from sidecar.flink.stats import FunctionStats
@@ -31,6 +32,10 @@ from sidecar.reconnect import ReconnectPolicy
 from sidecar.retry import RetryPolicy
 
 GUARD_S = 5.0  # past the request's own timeout, how long before it fails here
+# With ride_out: the pause before sending again a record the sidecar itself answered
+# UNAVAILABLE (no hint given) while its stream stayed open, doubling per try.
+HOLD_BACKOFF_S = 0.05
+HOLD_BACKOFF_MAX_S = 1.0
 STOP_GRACE_S = 5.0  # close(): how long the loop gets to wind down after the client closed
 
 
@@ -46,7 +51,12 @@ class ClientThread:
         max_in_flight: int | None = None,
         stats: FunctionStats | None = None,
         name: str = "sidecar-client",
+        ride_out: bool = True,
     ) -> None:
+        """`ride_out` (with a `reconnect` policy): a record that finds no stream, or
+        whose stream dies under it, or that the sidecar answers UNAVAILABLE, waits for
+        the sidecar within its own `timeout_s` and is sent again, instead of failing
+        at once."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.target = target
@@ -59,6 +69,8 @@ class ClientThread:
             "reconnect": reconnect,
         }
         self._name = name
+        self._rides_out = ride_out and reconnect is not None
+        self._held: set[asyncio.Future[None]] = set()  # records waiting for the sidecar
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: SidecarClient | None = None
         self._thread: threading.Thread | None = None
@@ -98,13 +110,19 @@ class ClientThread:
         if self._loop is None or self._client is None:
             self._stop_loop()
             return
-        closing = asyncio.run_coroutine_threadsafe(self._client.close(timeout_s), self._loop)
+        closing = asyncio.run_coroutine_threadsafe(self._close(timeout_s), self._loop)
         try:
             closing.result(timeout_s + STOP_GRACE_S)
         except concurrent.futures.TimeoutError:
             closing.cancel()
         finally:
             self._stop_loop()
+
+    async def _close(self, timeout_s: float) -> None:
+        for held in list(self._held):  # waiting for a sidecar that is away: not worth the wait
+            held.cancel()
+        assert self._client is not None
+        await self._client.close(timeout_s)
 
     @property
     def alive(self) -> bool:
@@ -122,18 +140,30 @@ class ClientThread:
         return answer
 
     def _submit(self, inputs: Mapping[str, np.ndarray], answer: concurrent.futures.Future[Any]) -> None:
+        assert self._loop is not None
+        self._send(inputs, answer, time.perf_counter(), self._loop.time() + self.timeout_s, 0)
+
+    def _send(
+        self, inputs: Mapping[str, np.ndarray], answer: concurrent.futures.Future[Any], started: float,
+        deadline: float, tries: int,
+    ) -> None:
+        """One attempt, with what is left of the record's timeout. `started` is the record's
+        first attempt (perf_counter), `tries` the attempts before this one."""
         client, loop, stats = self._client, self._loop, self.stats
         assert client is not None and loop is not None
+        if self._rides_out and not client.alive:
+            self._hold(inputs, answer, started, deadline, tries, 0.0)
+            return
         stats.requests += 1
-        started = time.perf_counter()
+        left = max(deadline - loop.time(), 1e-3)
         try:
-            pending = client.submit(inputs, timeout_s=self.timeout_s)
+            pending = client.submit(inputs, timeout_s=left)
         except Exception as error:  # an input the client cannot encode, or a client closing
             stats.failed += 1
             code = "CANCELLED" if isinstance(error, RuntimeError) else "INVALID_ARGUMENT"
             answer.set_exception(SidecarPermanentError(code, f"{type(error).__name__}: {error}"))
             return
-        guard = loop.call_later(self.timeout_s + GUARD_S, self._expire, pending, answer)
+        guard = loop.call_later(left + GUARD_S, self._expire, pending, answer)
 
         def settle(done: asyncio.Future[dict[str, np.ndarray]]) -> None:
             guard.cancel()
@@ -149,11 +179,51 @@ class ClientThread:
             mapped = from_infer_error(error) if isinstance(error, InferError) else None
             if isinstance(mapped, SidecarRetryableError):
                 stats.retryable += 1
+                if self._rides_out and mapped.code == "UNAVAILABLE" and loop.time() < deadline and not self._closed:
+                    # No sidecar for now: wait for one within the record's own timeout.
+                    pause = mapped.retry_after_s or capped_exponential(HOLD_BACKOFF_S, 2.0, tries, HOLD_BACKOFF_MAX_S)
+                    stats.resent += 1
+                    self._hold(inputs, answer, started, deadline, tries + 1, pause)
+                    return
             else:
                 stats.failed += 1
             answer.set_exception(mapped or SidecarPermanentError("INTERNAL", f"{type(error).__name__}: {error}"))
 
         pending.add_done_callback(settle)
+
+    def _hold(
+        self, inputs: Mapping[str, np.ndarray], answer: concurrent.futures.Future[Any], started: float,
+        deadline: float, tries: int, pause_s: float,
+    ) -> None:
+        """Sends the record again once a stream is open (after `pause_s`), or fails it
+        UNAVAILABLE when its timeout comes first."""
+        client, loop = self._client, self._loop
+        assert client is not None and loop is not None
+
+        async def wait_then_send() -> None:
+            try:
+                if pause_s > 0:
+                    await asyncio.sleep(min(pause_s, max(deadline - loop.time(), 0.0)))
+                await client.wait_alive(max(deadline - loop.time(), 0.0))
+                if loop.time() >= deadline:
+                    raise TimeoutError
+            except TimeoutError:
+                self._unsent(answer, SidecarRetryableError(
+                    "UNAVAILABLE", f"no sidecar at {self.target} within the record's {self.timeout_s:g} s timeout"
+                ))
+            except (RuntimeError, asyncio.CancelledError):  # the client closed meanwhile
+                self._unsent(answer, SidecarPermanentError("CANCELLED", "the function closed while the record waited"))
+            else:
+                self._send(inputs, answer, started, deadline, tries)
+
+        task = asyncio.ensure_future(wait_then_send())
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+
+    def _unsent(self, answer: concurrent.futures.Future[Any], error: Exception) -> None:
+        self.stats.unsent += 1
+        if not answer.done():
+            answer.set_exception(error)
 
     def _expire(self, pending: asyncio.Future[Any], answer: concurrent.futures.Future[Any]) -> None:
         if answer.done():

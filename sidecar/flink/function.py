@@ -8,8 +8,10 @@ Each subtask's copy opens its own client, on a thread of its own
 (sidecar/flink/client_thread.py): one stream per subtask, so the sidecar
 batches across subtasks. `open()` waits for the sidecar to be SERVING (at most
 `connect_timeout_s`); a stream that dies is reopened with backoff once the
-sidecar is SERVING again (a `ReconnectPolicy`), and meanwhile records fail at
-once with SidecarRetryableError.
+sidecar is SERVING again (a `ReconnectPolicy`). Meanwhile records wait for it,
+each within its own timeout, and are sent again (`ride_out`); with
+`ride_out=False` they fail at once with SidecarRetryableError, for Flink's retry
+mode to send again.
 
 Timeouts: every record carries `timeout_s` to the sidecar, which answers
 DEADLINE_EXCEEDED past it, so Flink's own timeout can be 0 (no retry) or long
@@ -51,13 +53,17 @@ class SidecarAsyncFunction(AsyncFunction):
         retry: RetryPolicy | None = None,
         max_pack: int = 64,
         max_in_flight: int | None = None,
+        ride_out: bool = True,
         metric_group: str = "sidecar",
     ) -> None:
         """`target`: "host:port" or "unix:///path". `retry`: retries of RESOURCE_EXHAUSTED
         inside the client, within `timeout_s` (for jobs without Flink's retry mode);
         `reconnect=None` leaves a dead stream dead. `max_in_flight=None` takes the
         window from the sidecar's limits, so one subtask never overruns its queue
-        (several still can: see docs/flink.md on sizing)."""
+        (several still can: see docs/flink.md on sizing). `ride_out`: a record that
+        finds the sidecar away (restarting, draining, unreachable) waits for it within
+        its `timeout_s` and is sent again, rather than failing at once; so a restart
+        costs no record even without Flink's retry mode."""
         if timeout_s <= 0 or connect_timeout_s <= 0 or close_timeout_s < 0:
             raise ValueError("timeout_s and connect_timeout_s must be > 0, close_timeout_s >= 0")
         self.target = target
@@ -69,6 +75,7 @@ class SidecarAsyncFunction(AsyncFunction):
         self.retry = retry
         self.max_pack = max_pack
         self.max_in_flight = max_in_flight
+        self.ride_out = ride_out
         self.metric_group = metric_group
         self.stats: FunctionStats | None = None
         self._client: ClientThread | None = None
@@ -89,6 +96,7 @@ class SidecarAsyncFunction(AsyncFunction):
             retry=self.retry,
             max_pack=self.max_pack,
             max_in_flight=self.max_in_flight,
+            ride_out=self.ride_out,
             stats=self.stats,
             name=name,
         )

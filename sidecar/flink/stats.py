@@ -7,8 +7,9 @@ bundle thread when a bundle finishes, so every figure here is a gauge over plain
 tallies: the counts only grow (rate them in the reporter), and the latency gauges
 cover the last LATENCY_WINDOW answers.
 
-Each tally has one writer: the client's thread, except `retries`, which the
-retry strategy counts on PyFlink's own loop thread.
+Each attempt sent counts in `requests` and ends in one of `succeeded`,
+`retryable`, `failed`. Each tally has one writer: the client's thread, except
+`retries`, which the retry strategy counts on PyFlink's own loop thread.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ LATENCY_WINDOW = 1024
 
 
 class FunctionStats:
-    __slots__ = ("requests", "succeeded", "retryable", "failed", "retries", "latency_us", "reconnects")
+    __slots__ = ("requests", "succeeded", "retryable", "failed", "unsent", "resent", "retries", "latency_us", "reconnects")
 
     def __init__(self) -> None:
         self.requests = 0  # records handed to the sidecar, each attempt counted
         self.succeeded = 0
         self.retryable = 0  # failed with a SidecarRetryableError
         self.failed = 0  # failed with a SidecarPermanentError
+        self.unsent = 0  # records failed while they waited for an absent sidecar (ride_out)
+        self.resent = 0  # attempts sent again by ride_out, once the sidecar was back
         self.retries = 0  # retries the retry strategy scheduled
         self.reconnects = 0  # streams reopened after one died
         self.latency_us = Histogram(LATENCY_WINDOW)  # submit to answer, successes only
@@ -48,7 +51,9 @@ class FunctionStats:
             "succeeded": lambda: self.succeeded,
             "retryableErrors": lambda: self.retryable,
             "permanentErrors": lambda: self.failed,
+            "unsent": lambda: self.unsent,
             "retries": lambda: self.retries,
+            "resent": lambda: self.resent,
             "reconnects": lambda: self.reconnects,
             "inflight": lambda: self.in_flight,
             "latencyP50Us": quantile(0.5),

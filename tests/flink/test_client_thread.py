@@ -238,16 +238,19 @@ def test_timeout_must_be_positive():
 # ---- reconnecting -----------------------------------------------------------------------
 
 
+def quick_config(endpoint: str, **overrides) -> SidecarConfig:
+    options = {"model_uri": "mock:?base_ms=1&per_item_ms=0", **overrides}
+    return SidecarConfig(endpoint=endpoint, health_port=0, metrics_reporters=(), **options)
+
+
 def test_a_stream_lost_with_its_server_comes_back_when_a_new_one_listens_on_the_same_socket(socket_dir):
     endpoint = f"unix://{socket_dir}/sidecar.sock"
-    config = SidecarConfig(
-        endpoint=endpoint, health_port=0, metrics_reporters=(), model_uri="mock:?base_ms=1&per_item_ms=0"
-    )
+    config = quick_config(endpoint)
 
     async def go() -> None:
         first = SidecarServer(config)
         await first.start()
-        client = await started(endpoint, reconnect=FAST)
+        client = await started(endpoint, reconnect=FAST, ride_out=False)
         second = None
         try:
             (before,) = await outcomes([client.submit({"input": X})])
@@ -269,5 +272,105 @@ def test_a_stream_lost_with_its_server_comes_back_when_a_new_one_listens_on_the_
         stats = client.stats
         assert stats.reconnects >= 1
         assert (stats.requests, stats.succeeded, stats.retryable, stats.failed) == (3, 2, 1, 0)
+
+    run(go())
+
+
+def test_with_ride_out_a_record_sent_while_the_sidecar_is_away_is_answered_once_it_is_back(socket_dir):
+    endpoint = f"unix://{socket_dir}/sidecar.sock"
+    config = quick_config(endpoint)
+
+    async def go() -> None:
+        first = SidecarServer(config)
+        await first.start()
+        client = await started(endpoint, reconnect=FAST)
+        second = None
+        try:
+            await outcomes([client.submit({"input": X})])
+            await first.stop(grace_s=0)
+            await eventually(lambda: not client.alive, "the client to see its stream die")
+            waiting = client.submit({"input": X + 3})  # held: no sidecar to send it to
+            second = SidecarServer(config)
+            await second.start()
+            (answer,) = await outcomes([waiting])
+        finally:
+            await asyncio.to_thread(client.close, 5.0)
+            if second is not None:
+                await second.stop()
+        np.testing.assert_array_equal(answer["output"], (X + 3) * 2)
+        stats = client.stats
+        assert (stats.requests, stats.succeeded, stats.retryable, stats.failed, stats.unsent) == (2, 2, 0, 0, 0)
+
+    run(go())
+
+
+def test_with_ride_out_records_lost_in_flight_are_sent_again_to_the_next_sidecar(socket_dir):
+    # A slow mock keeps records in flight when the first server goes: their stream dies
+    # under them (UNAVAILABLE), and ride_out sends each again once the second is up.
+    endpoint = f"unix://{socket_dir}/sidecar.sock"
+    slow = quick_config(endpoint, model_uri="mock:?base_ms=200&per_item_ms=0")
+
+    async def go() -> None:
+        first = SidecarServer(slow)
+        await first.start()
+        client = await started(endpoint, reconnect=FAST)
+        second = None
+        try:
+            futures = [client.submit({"input": X + i}) for i in range(8)]
+            await eventually(lambda: client.stats.requests == 8, "all eight to be sent")
+            await first.stop(grace_s=0)
+            second = SidecarServer(quick_config(endpoint))
+            await second.start()
+            answers = await outcomes(futures)
+        finally:
+            await asyncio.to_thread(client.close, 5.0)
+            if second is not None:
+                await second.stop()
+        for i, answer in enumerate(answers):
+            assert not isinstance(answer, BaseException), answer
+            np.testing.assert_array_equal(answer["output"], (X + i) * 2)
+        stats = client.stats
+        assert stats.resent >= 1 and stats.retryable == stats.resent
+        assert stats.succeeded == 8 and stats.failed == stats.unsent == 0
+        assert stats.in_flight == 0
+
+    run(go())
+
+
+def test_with_ride_out_a_record_fails_unavailable_when_no_sidecar_comes_back_in_its_timeout(socket_dir):
+    endpoint = f"unix://{socket_dir}/sidecar.sock"
+
+    async def go() -> None:
+        first = SidecarServer(quick_config(endpoint))
+        await first.start()
+        client = await started(endpoint, reconnect=FAST, timeout_s=0.5)
+        try:
+            await first.stop(grace_s=0)
+            await eventually(lambda: not client.alive, "the client to see its stream die")
+            (lost,) = await outcomes([client.submit({"input": X})], 10.0)
+        finally:
+            await asyncio.to_thread(client.close, 5.0)
+        assert isinstance(lost, SidecarRetryableError) and lost.code == "UNAVAILABLE", lost
+        assert client.stats.unsent == 1 and client.stats.requests == 0
+
+    run(go())
+
+
+def test_close_fails_the_records_still_waiting_for_the_sidecar_at_once(socket_dir):
+    endpoint = f"unix://{socket_dir}/sidecar.sock"
+
+    async def go() -> None:
+        first = SidecarServer(quick_config(endpoint))
+        await first.start()
+        client = await started(endpoint, reconnect=FAST, timeout_s=60.0)
+        await first.stop(grace_s=0)
+        await eventually(lambda: not client.alive, "the client to see its stream die")
+        waiting = client.submit({"input": X})
+        await eventually(lambda: client.stats.unsent == 0 and not waiting.done(), "the record to be held")
+        began = time.monotonic()
+        await asyncio.to_thread(client.close, 5.0)
+        (closed,) = await outcomes([waiting], 5.0)
+        assert time.monotonic() - began < 5.0 + STOP_GRACE_S  # not the record's 60 s
+        assert isinstance(closed, SidecarPermanentError) and closed.code == "CANCELLED", closed
 
     run(go())

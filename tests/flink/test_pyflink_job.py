@@ -101,12 +101,20 @@ def test_rejections_from_a_tiny_queue_are_retried_until_every_record_is_right(tm
     assert outcome["sidecar_succeeded"] == RECORDS  # every rejection was retried to success
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["drained", "killed"])
-def test_job_completes_right_across_a_sidecar_restart_midway(tmp_path, socket_dir, how):
+RESTARTS = [
+    # Flink's retry strategy sends again what fails UNAVAILABLE while the sidecar drains and restarts.
+    pytest.param(signal.SIGTERM, ["--no-ride-out"], id="drained-flink-retries"),
+    # No Flink timers at all: the function holds each record until a sidecar is back (ride_out).
+    pytest.param(signal.SIGKILL, ["--no-flink-retry", "--flink-timeout-s", "0"], id="killed-function-rides-out"),
+]
+
+
+@pytest.mark.parametrize(("how", "flags"), RESTARTS)
+def test_job_completes_right_across_a_sidecar_restart_midway(tmp_path, socket_dir, how, flags):
     settings = (SLOW_MOCK, "sidecar.drain.timeout=2 s")
     first = sidecar(tmp_path, socket_dir, *settings, name="first")
     job = subprocess.Popen(
-        job_command(first.address, "--parallelism", "2"),
+        job_command(first.address, "--parallelism", "2", *flags),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
