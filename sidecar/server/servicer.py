@@ -55,6 +55,21 @@ def parse_stream_request(data: bytes) -> pb.InferStreamRequest | Unparsable:
         return Unparsable(len(data), str(e))
 
 
+async def _stop_reading(iterator: Any) -> None:
+    """Ends the call's request generator now, not when the garbage collector finds it.
+    A reader that stops early (a bad frame, a refusal, a drain) leaves it suspended,
+    in a reference cycle; grpcio 1.65 counts the call's HTTP/2 stream against the
+    connection's max-concurrent-streams until the generator is finalized, so ~256
+    calls ended early on one connection made it refuse new streams (REFUSED_STREAM)."""
+    close = getattr(iterator, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception as e:  # closing a broken call's reader: nothing left to save
+        log.debug("infer: closing the request reader failed: %r", e)
+
+
 # One log line per interval for bad frames, however many a client sends.
 _bad_frames = Throttle(BAD_FRAME_LOG_INTERVAL_S)
 
@@ -114,8 +129,8 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
     async def _read(self, request_iterator: AsyncIterator[Any], stream: Stream) -> None:
         life, ingress = stream.life, self._ingress
         frames = 0
+        iterator = request_iterator.__aiter__()
         try:
-            iterator = request_iterator.__aiter__()
             while True:
                 while not life.may_read:
                     if life.phase is not Phase.OPEN:
@@ -161,6 +176,8 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
             log.debug("infer: read failed on stream %d: %r", stream.id, e)
             if life.phase is Phase.OPEN:
                 ingress.read_ended(stream)
+        finally:
+            await _stop_reading(iterator)
 
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:
         return pb.PingResponse(version=__version__, uptime=duration(time.monotonic() - self._started))
