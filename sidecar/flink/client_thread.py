@@ -62,6 +62,7 @@ class ClientThread:
         self.target = target
         self.timeout_s = timeout_s
         self.stats = stats or FunctionStats()
+        self.reconnect = reconnect
         self._client_args: dict[str, Any] = {
             "max_pack": max_pack,
             "max_in_flight": max_in_flight,
@@ -70,7 +71,8 @@ class ClientThread:
         }
         self._name = name
         self._rides_out = ride_out and reconnect is not None
-        self._held: set[asyncio.Future[None]] = set()  # records waiting for the sidecar
+        self._held: dict[asyncio.Future[None], concurrent.futures.Future[Any]] = {}  # waiting for the sidecar
+        self._failed: BaseException | None = None  # why the thread could not start its loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: SidecarClient | None = None
         self._thread: threading.Thread | None = None
@@ -87,8 +89,8 @@ class ClientThread:
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), name=self._name, daemon=True)
         self._thread.start()
-        ready.wait()
-        assert self._loop is not None
+        if not ready.wait(STOP_GRACE_S) or self._loop is None:
+            raise SidecarPermanentError("INTERNAL", f"the client thread could not start an event loop: {self._failed!r}")
         connecting = asyncio.run_coroutine_threadsafe(self._connect(connect_timeout_s), self._loop)
         try:
             connecting.result(connect_timeout_s + STOP_GRACE_S)
@@ -119,8 +121,9 @@ class ClientThread:
             self._stop_loop()
 
     async def _close(self, timeout_s: float) -> None:
-        for held in list(self._held):  # waiting for a sidecar that is away: not worth the wait
-            held.cancel()
+        for held, answer in list(self._held.items()):  # waiting for a sidecar that is away
+            held.cancel()  # one not started yet never runs its handler: fail it here
+            self._unsent(answer, SidecarPermanentError("CANCELLED", "the function closed while the record waited"))
         assert self._client is not None
         await self._client.close(timeout_s)
 
@@ -151,18 +154,21 @@ class ClientThread:
         first attempt (perf_counter), `tries` the attempts before this one."""
         client, loop, stats = self._client, self._loop, self.stats
         assert client is not None and loop is not None
-        if self._rides_out and not client.alive:
-            self._hold(inputs, answer, started, deadline, tries, 0.0)
+        if not client.alive:
+            if self._rides_out:
+                self._hold(inputs, answer, started, deadline, tries, 0.0)
+            else:
+                why = client.dead_reason.message if client.dead_reason is not None else "closed"
+                self._unsent(answer, SidecarRetryableError("UNAVAILABLE", f"no stream to {self.target}: {why}"))
             return
-        stats.requests += 1
         left = max(deadline - loop.time(), 1e-3)
         try:
             pending = client.submit(inputs, timeout_s=left)
         except Exception as error:  # an input the client cannot encode, or a client closing
-            stats.failed += 1
             code = "CANCELLED" if isinstance(error, RuntimeError) else "INVALID_ARGUMENT"
-            answer.set_exception(SidecarPermanentError(code, f"{type(error).__name__}: {error}"))
+            self._unsent(answer, SidecarPermanentError(code, f"{type(error).__name__}: {error}"))
             return
+        stats.requests += 1
         guard = loop.call_later(left + GUARD_S, self._expire, pending, answer)
 
         def settle(done: asyncio.Future[dict[str, np.ndarray]]) -> None:
@@ -182,7 +188,6 @@ class ClientThread:
                 if self._rides_out and mapped.code == "UNAVAILABLE" and loop.time() < deadline and not self._closed:
                     # No sidecar for now: wait for one within the record's own timeout.
                     pause = mapped.retry_after_s or capped_exponential(HOLD_BACKOFF_S, 2.0, tries, HOLD_BACKOFF_MAX_S)
-                    stats.resent += 1
                     self._hold(inputs, answer, started, deadline, tries + 1, pause)
                     return
             else:
@@ -214,15 +219,17 @@ class ClientThread:
             except (RuntimeError, asyncio.CancelledError):  # the client closed meanwhile
                 self._unsent(answer, SidecarPermanentError("CANCELLED", "the function closed while the record waited"))
             else:
+                if tries and client.alive:
+                    self.stats.resent += 1
                 self._send(inputs, answer, started, deadline, tries)
 
         task = asyncio.ensure_future(wait_then_send())
-        self._held.add(task)
-        task.add_done_callback(self._held.discard)
+        self._held[task] = answer
+        task.add_done_callback(self._held.pop)
 
     def _unsent(self, answer: concurrent.futures.Future[Any], error: Exception) -> None:
-        self.stats.unsent += 1
         if not answer.done():
+            self.stats.unsent += 1
             answer.set_exception(error)
 
     def _expire(self, pending: asyncio.Future[Any], answer: concurrent.futures.Future[Any]) -> None:
@@ -242,7 +249,12 @@ class ClientThread:
     # ---- the thread ---------------------------------------------------------------------
 
     def _run(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
+        try:
+            loop = asyncio.new_event_loop()  # fails with no file descriptors left, say
+        except BaseException as error:
+            self._failed = error
+            ready.set()
+            return
         self._loop = loop
         asyncio.set_event_loop(loop)
         ready.set()

@@ -25,6 +25,8 @@ Metrics: gauges in the subtask's metric group, under `metric_group`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
 from typing import Any
 
 from pyflink.datastream.functions import AsyncFunction, RuntimeContext
@@ -89,11 +91,15 @@ class SidecarAsyncFunction(AsyncFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.stats = FunctionStats()
         name = f"sidecar-client-{runtime_context.get_task_name()}-{runtime_context.get_index_of_this_subtask()}"
+        # Every subtask unpickles the same random state: without a fresh one, all of
+        # them would reconnect (and retry) at the same moments after a restart.
+        reconnect = None if self.reconnect is None else dataclasses.replace(self.reconnect, rng=random.Random())
+        retry = None if self.retry is None else dataclasses.replace(self.retry, rng=random.Random())
         self._client = ClientThread(
             self.target,
             timeout_s=self.timeout_s,
-            reconnect=self.reconnect,
-            retry=self.retry,
+            reconnect=reconnect,
+            retry=retry,
             max_pack=self.max_pack,
             max_in_flight=self.max_in_flight,
             ride_out=self.ride_out,

@@ -29,7 +29,7 @@ class FunctionStats:
         self.succeeded = 0
         self.retryable = 0  # failed with a SidecarRetryableError
         self.failed = 0  # failed with a SidecarPermanentError
-        self.unsent = 0  # records failed while they waited for an absent sidecar (ride_out)
+        self.unsent = 0  # records failed before an attempt: no sidecar (within their timeout), unencodable, closing
         self.resent = 0  # attempts sent again by ride_out, once the sidecar was back
         self.retries = 0  # retries the retry strategy scheduled
         self.reconnects = 0  # streams reopened after one died
@@ -37,7 +37,8 @@ class FunctionStats:
 
     @property
     def in_flight(self) -> int:
-        return self.requests - self.succeeded - self.retryable - self.failed
+        # Read one after another while the client's thread counts: never below 0.
+        return max(0, self.requests - self.succeeded - self.retryable - self.failed)
 
     def gauges(self) -> dict[str, Any]:
         """Name -> a callable giving the current int value, as PyFlink's gauge() takes."""

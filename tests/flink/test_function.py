@@ -234,3 +234,18 @@ def test_open_without_a_metric_group_still_serves(server, runner):
 def test_nonsense_timeouts_are_refused(bad):
     with pytest.raises(ValueError):
         SidecarAsyncFunction("127.0.0.1:1", **bad)
+
+
+def test_each_subtask_reconnects_on_its_own_random_schedule(server):
+    # Every subtask unpickles the same random state; open() gives each a fresh one,
+    # so subtasks that lost the same sidecar do not all come back at the same moments.
+    fn = SidecarAsyncFunction(server, timeout_s=10, connect_timeout_s=10)
+    copies = [shipped(fn).async_function for _ in range(2)]
+    for index, copy in enumerate(copies):
+        copy.open(Context(index=index))
+    try:
+        schedules = [[copy._client.reconnect.delay_s(n) for n in range(1, 6)] for copy in copies]
+    finally:
+        for copy in copies:
+            copy.close()
+    assert schedules[0] != schedules[1]

@@ -113,13 +113,9 @@ RESTARTS = [
 def test_job_completes_right_across_a_sidecar_restart_midway(tmp_path, socket_dir, how, flags):
     settings = (SLOW_MOCK, "sidecar.drain.timeout=2 s")
     first = sidecar(tmp_path, socket_dir, *settings, name="first")
-    job = subprocess.Popen(
-        job_command(first.address, "--parallelism", "2", *flags),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # To files, not pipes: nothing reads a pipe until the job ends, and a full one would stall it.
+    out, err = (tmp_path / "job.out").open("w+"), (tmp_path / "job.err").open("w+")
+    job = subprocess.Popen(job_command(first.address, "--parallelism", "2", *flags), cwd=ROOT, stdout=out, stderr=err)
     second = None
     try:
         probe = Probe(first.address)
@@ -133,8 +129,10 @@ def test_job_completes_right_across_a_sidecar_restart_midway(tmp_path, socket_di
             probe.close()
         stop(first, how)
         second = sidecar(tmp_path, socket_dir, *settings, name="second")
-        stdout, stderr = job.communicate(timeout=JOB_TIMEOUT_S)
-        outcome = outcome_of(subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr))
+        job.wait(timeout=JOB_TIMEOUT_S)
+        out.seek(0)
+        err.seek(0)
+        outcome = outcome_of(subprocess.CompletedProcess(job.args, job.returncode, out.read(), err.read()))
         probe = Probe(second.address)
         try:
             served_after = probe.counters().get("requestsSucceeded", 0)
@@ -143,7 +141,9 @@ def test_job_completes_right_across_a_sidecar_restart_midway(tmp_path, socket_di
     finally:
         if job.poll() is None:
             job.kill()
-            job.communicate()
+            job.wait()
+        out.close()
+        err.close()
         stop(first)
         if second is not None:
             stop(second)
