@@ -27,20 +27,20 @@ import argparse
 import contextlib
 import json
 import shutil
-import subprocess
+import signal
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
 from pyflink.common import Configuration, Time, Types
 from pyflink.datastream import AsyncDataStream, RuntimeExecutionMode, StreamExecutionEnvironment
 
+from sidecar.bench import servers
 from sidecar.bench.probe import Probe, mean_between
 from sidecar.flink import NumpyCodec, SidecarAsyncFunction
 
@@ -165,25 +165,19 @@ def run(args: argparse.Namespace) -> Outcome:
 @contextlib.contextmanager
 def own_sidecar(settings: Sequence[str]) -> Iterator[str]:
     """`gpu-sidecar serve` on a fresh unix socket, for the job's length; yields its target."""
-    folder = Path(tempfile.mkdtemp(prefix="gs-", dir="/tmp"))  # unix socket paths are short
-    target = f"unix://{folder}/sidecar.sock"
+    folder = tempfile.mkdtemp(prefix="gs-", dir="/tmp")  # unix socket paths are short
     command = [sys.executable, "-m", "sidecar.cli", "serve", "--health-port", "0", "--metrics-prometheus-port", "0"]
-    for setting in (f"sidecar.rpc.endpoint={target}", *settings):
+    for setting in (f"sidecar.rpc.endpoint=unix://{folder}/sidecar.sock", *settings):
         command += ["-D", setting]
-    log = (folder / "sidecar.log").open("w")
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        yield target
-    finally:
-        server.terminate()
+        server = servers.start("sidecar", command)  # returns once it serves; its log shown if it cannot
         try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-        if server.returncode not in (0, -15):
-            print((folder / "sidecar.log").read_text()[-2000:], file=sys.stderr)
+            yield server.address
+        finally:
+            code = server.stop()
+            if code not in (0, -signal.SIGTERM):
+                print(f"the sidecar exited with code {code}", file=sys.stderr)
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
