@@ -173,7 +173,6 @@ class ClientThread:
 
         def settle(done: asyncio.Future[dict[str, np.ndarray]]) -> None:
             guard.cancel()
-            stats.reconnects = client.reconnects
             if done.cancelled() or answer.done():
                 return  # the guard failed it already (and cancelled it)
             error = done.exception()
@@ -274,6 +273,7 @@ class ClientThread:
             await client.close(0)
             raise
         self._client = client
+        self.stats.client = client
 
     def _stop_loop(self) -> None:
         loop, thread = self._loop, self._thread

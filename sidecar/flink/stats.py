@@ -22,7 +22,7 @@ LATENCY_WINDOW = 1024
 
 
 class FunctionStats:
-    __slots__ = ("requests", "succeeded", "retryable", "failed", "unsent", "resent", "retries", "latency_us", "reconnects")
+    __slots__ = ("requests", "succeeded", "retryable", "failed", "unsent", "resent", "retries", "latency_us", "client")
 
     def __init__(self) -> None:
         self.requests = 0  # records handed to the sidecar, each attempt counted
@@ -32,8 +32,13 @@ class FunctionStats:
         self.unsent = 0  # records failed before an attempt: no sidecar (within their timeout), unencodable, closing
         self.resent = 0  # attempts sent again by ride_out, once the sidecar was back
         self.retries = 0  # retries the retry strategy scheduled
-        self.reconnects = 0  # streams reopened after one died
+        self.client: Any = None  # the SidecarClient, once connected: it counts its reconnects
         self.latency_us = Histogram(LATENCY_WINDOW)  # submit to answer, successes only
+
+    @property
+    def reconnects(self) -> int:
+        """Streams reopened after one died."""
+        return 0 if self.client is None else self.client.reconnects
 
     @property
     def in_flight(self) -> int:
