@@ -69,6 +69,7 @@ __all__ = [
     "FlushMetrics",
     "GetCounts",
     "GetSnapshot",
+    "KServeAnswered",
     "LoadBackend",
     "OutcomesCounted",
     "Peers",
@@ -114,6 +115,16 @@ class StreamInput:
     cancels: Sequence[int]  # request ids to cancel
     deadline: float  # the stream's own gRPC deadline (absolute), math.inf if none
     batches: Sequence[Any] = ()  # wire InferBatch messages: items in batch-major form
+
+
+@dataclass(frozen=True, slots=True)
+class KServeAnswered:
+    """KServe requests a front end answered (each of N items; its items are
+    counted as the native requests they ran as)."""
+
+    protocol: str  # "grpc" or "http"
+    requests: int
+    failed: int
 
 
 @dataclass(frozen=True, slots=True)

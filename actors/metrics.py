@@ -31,6 +31,7 @@ from actors.messages import (
     Connect,
     FlushMetrics,
     GetCounts,
+    KServeAnswered,
     OutcomesCounted,
     QueueDepth,
     RegisterSource,
@@ -53,6 +54,8 @@ OUTCOME_COUNTERS = {
     "invalid": "requestsInvalid",
 }
 US = 1e6  # latency histograms are in microseconds, like Flink's latency metrics
+# The KServe front ends, each counted in group gpuSidecar.kserve.<protocol>.
+KSERVE_PROTOCOLS = ("grpc", "http")
 # How far behind the metric objects may be for readers that do not flush first.
 DELIVERY_INTERVAL_S = 0.01
 
@@ -89,6 +92,15 @@ class MetricsActor(SidecarActor):
         self._batches = group.counter("batchesExecuted")
         self._batches_failed = group.counter("batchesFailed")
         self._batch_rate = group.meter("batchesPerSecond", MeterView(clock.now))
+        self._kserve: dict[str, tuple[Counter, Counter]] = {}
+        for protocol in KSERVE_PROTOCOLS:
+            kserve = group.add_group("kserve", protocol)
+            self._kserve[protocol] = (kserve.counter("requests"), kserve.counter("requestsFailed"))
+        # Running sums since start, for KServe's ModelStatistics (whose durations are
+        # cumulative): seconds summed over items, and when the last batch ran.
+        self._totals = {"queue_wait_s": 0.0, "compute_item_s": 0.0, "items_executed": 0, "end_to_end_s": 0.0, "written": 0}
+        self._last_batch_at: float | None = None
+        self._wall = clock
         self._per_instance: list[tuple[Counter, Histogram]] = []
         for i in range(executors):
             instance = group.add_group("instance", str(i))
@@ -142,6 +154,10 @@ class MetricsActor(SidecarActor):
                 self._compute.update(compute_s * US)
                 self._formation.update(formation_s * US)
                 self._queue_wait.update_many([w * US for w in queue_waits_s])
+                self._totals["queue_wait_s"] += sum(queue_waits_s)
+                self._totals["compute_item_s"] += compute_s * size
+                self._totals["items_executed"] += size
+                self._last_batch_at = self._wall.now()
                 self._batches.inc()
                 self._batch_rate.mark_event()
                 if not ok:
@@ -152,6 +168,12 @@ class MetricsActor(SidecarActor):
             case ResponsesWritten(end_to_end_s, delivery_s):
                 self._end_to_end.update_many([t * US for t in end_to_end_s])
                 self._delivery.update_many([t * US for t in delivery_s])
+                self._totals["end_to_end_s"] += sum(end_to_end_s)
+                self._totals["written"] += len(end_to_end_s)
+            case KServeAnswered(protocol, requests, failed):
+                answered, failures = self._kserve[protocol]
+                answered.inc(requests)
+                failures.inc(failed)
             case QueueDepth(depth):
                 self._queue_depth = depth
             case AnswersDropped(outcomes):
@@ -182,4 +204,7 @@ class MetricsActor(SidecarActor):
             "batches_failed": self._batches_failed.count,
             "queue_depth": self._queue_depth,
             "inflight": self._inflight(),
+            "totals": dict(self._totals),
+            "last_batch_at": self._last_batch_at,
+            "kserve": {p: {"requests": a.count, "failed": f.count} for p, (a, f) in self._kserve.items()},
         }

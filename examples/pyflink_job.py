@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> Outcome:
 def own_sidecar(settings: Sequence[str]) -> Iterator[str]:
     """`gpu-sidecar serve` on a fresh unix socket, for the job's length; yields its target."""
     folder = tempfile.mkdtemp(prefix="gs-", dir="/tmp")  # unix socket paths are short
-    command = [sys.executable, "-m", "sidecar.cli", "serve", "--health-port", "0", "--metrics-prometheus-port", "0"]
+    command = [sys.executable, "-m", "sidecar.cli", "serve", "--health-port", "0", "--kserve-http-port", "0", "--metrics-prometheus-port", "0"]
     for setting in (f"sidecar.rpc.endpoint=unix://{folder}/sidecar.sock", *settings):
         command += ["-D", setting]
     try:

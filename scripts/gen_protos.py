@@ -1,6 +1,6 @@
 """Regenerate the committed Python code for proto/ (run from anywhere).
 
-    python scripts/gen_protos.py            # rewrite sidecar/api/v1/*_pb2*.py
+    python scripts/gen_protos.py            # rewrite sidecar/api/**/*_pb2*.py
     python scripts/gen_protos.py --out DIR  # write into DIR instead (the staleness test uses this)
 
 The output depends on the grpcio-tools version, which is pinned in pyproject.toml's
@@ -21,7 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PROTO_FILES = ["sidecar/api/v1/gpu_sidecar.proto"]
+# proto file -> whether it gets a grpc stub. The KServe service is registered by
+# hand under the name its clients call (sidecar/kserve/grpc_service.py), so a
+# stub under the file's own package name would only mislead.
+PROTO_FILES = {
+    "sidecar/api/v1/gpu_sidecar.proto": True,
+    "sidecar/api/kserve/v2/inference.proto": False,
+}
 
 
 def _include_dirs() -> list[str]:
@@ -37,11 +43,13 @@ def generate(out_dir: Path) -> None:
     from grpc_tools import protoc
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["protoc", *(f"-I{d}" for d in _include_dirs())]
-    args += [f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}"]
-    args += PROTO_FILES
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    for proto, with_grpc in PROTO_FILES.items():
+        args = ["protoc", *(f"-I{d}" for d in _include_dirs())]
+        args += [f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
+        if with_grpc:
+            args.append(f"--grpc_python_out={out_dir}")
+        if protoc.main([*args, proto]) != 0:
+            raise SystemExit(f"protoc failed on {proto}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,6 +89,10 @@ def _endpoint_ok(value: Any) -> bool:
 
 
 TEXT = Kind(str, lambda v: isinstance(v, str), "any text")
+NAME = Kind(str, lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", v) is not None,
+            "a name of 1-128 letters, digits, '_', '.' or '-' (it appears in URL paths)")
+# Shown as set or not, never as itself (`gpu-sidecar config --print`, logs).
+SECRET = Kind(str, lambda v: isinstance(v, str), "any text (shown as (set) or nothing)", lambda v: "(set)" if v else "")
 ENDPOINT = Kind(str, _endpoint_ok, "host:port or unix:///absolute/path")
 SIZE = Kind(lambda raw: parse_size(str(raw)), lambda v: isinstance(v, int) and v > 0, "a positive size: " + SIZE_SYNTAX, format_size)
 
@@ -106,6 +110,8 @@ class SidecarConfig:
     max_outstanding: int = key("sidecar.stream.max-outstanding", _integer(1), "requests one stream may have open (read and not yet answered on the wire); at this window the server stops reading the stream, so HTTP/2 flow control holds its client back and a client that does not read costs at most this many answers", 1024)
     backend: str = key("sidecar.model.backend", TEXT, "backend name: mock, cpu, or one registered under the gpu_sidecar.backends entry-point group", "mock")
     model_uri: str = key("sidecar.model.uri", TEXT, "what the backend loads; for mock its options (mock:?base_ms=2&per_item_ms=0.02), for cpu a seed (cpu:?seed=0) or an .npz path", "")
+    model_name: str = key("sidecar.model.name", NAME, "the model's name to KServe clients (/v2/models/<name>, tritonclient, Flink's Triton provider)", "model")
+    model_version: int = key("sidecar.model.version", _integer(1), "the model's version to KServe clients; requests may name it or `latest`", 1)
     instances: int = key("sidecar.model.instances", _integer(1), "backend instances, each with its own executor thread", 1)
     max_batch_size: int = key("sidecar.batch.max-size", _integer(1), "largest batch; the smaller of this and the backend's own limit is used", 32)
     batch_timeout_s: float = key("sidecar.batch.timeout", _duration(False), "the batch window, counted from the oldest queued request", 0.002)
@@ -119,6 +125,11 @@ class SidecarConfig:
     reload_attempts: int = key("sidecar.backend.reload-attempts", _integer(1), "loads tried, with backoff, for a replacement backend instance before that instance is given up; with no instance left the sidecar exits with code 4", 5)
     health_host: str = key("sidecar.health.host", TEXT, "address the health HTTP endpoint binds", "0.0.0.0")
     health_port: int = key("sidecar.health.port", _integer(0, 65535), "HTTP port for GET /health (READY 200 / NOT_READY 503); 0 picks a free one", 7652)
+    kserve_protocols: tuple[str, ...] = key("sidecar.kserve.protocols", _names("grpc", "http"), "KServe v2 front ends to serve: grpc (inference.GRPCInferenceService beside GpuSidecar on sidecar.rpc.endpoint), http (REST on its own port); docs/kserve.md", ("grpc", "http"))
+    kserve_http_host: str = key("sidecar.kserve.http.host", TEXT, "address the KServe HTTP front end binds", "0.0.0.0")
+    kserve_http_port: int = key("sidecar.kserve.http.port", _integer(0, 65535), "port of the KServe HTTP front end (Triton's default); 0 picks a free one", 8000)
+    kserve_http_token: str = key("sidecar.kserve.http.bearer-token", SECRET, "when set, KServe HTTP requests (all but /v2/health/*) must carry `Authorization: Bearer <this>`, else 401", "")
+    kserve_http_max_inflight: int = key("sidecar.kserve.http.max-inflight", _integer(1), "KServe HTTP infer requests served at once; one more is answered 503 with Retry-After before its body is read, so bodies held are at most this x sidecar.rpc.max-message-size", 1024)
     drain_timeout_s: float = key("sidecar.drain.timeout", _duration(False), "on SIGTERM, how long in-flight requests may take to finish; the rest get UNAVAILABLE", 30.0)
     metrics_reporters: tuple[str, ...] = key("sidecar.metrics.reporters", _names("prom", "log"), "metric reporters to run: prom (Prometheus endpoint), log (all metrics in the log every interval)", ("prom",))
     prometheus_host: str = key("sidecar.metrics.prometheus.host", TEXT, "address the Prometheus endpoint binds", "0.0.0.0")

@@ -47,7 +47,7 @@ class SoakServer:
 def start(log: Path, model_uri: str = MODEL_URI, extra_args: tuple[str, ...] = ()) -> SoakServer:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONTRACEMALLOC": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "serve", "--rpc-endpoint", "127.0.0.1:0", "--health-port", "0",
+        [sys.executable, "-m", "sidecar.cli", "serve", "--rpc-endpoint", "127.0.0.1:0", "--health-port", "0", "--kserve-http-port", "0",
          "--metrics-prometheus-port", "0", "--model-uri", model_uri, *SERVE_ARGS, *extra_args],
         stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env,
     )

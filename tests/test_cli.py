@@ -20,7 +20,7 @@ def gpu_sidecar(*args: str) -> subprocess.CompletedProcess[str]:
 def test_serve_exits_3_naming_the_problem_when_the_backend_cannot_load(tmp_path):
     missing = tmp_path / "weights.npz"
     done = gpu_sidecar(
-        "serve", "--rpc-endpoint", "127.0.0.1:0", "--health-port", "0", "--metrics-reporters", "",
+        "serve", "--rpc-endpoint", "127.0.0.1:0", "--health-port", "0", "--kserve-http-port", "0", "--metrics-reporters", "",
         "--model-backend", "cpu", "--model-uri", str(missing),
     )
     assert done.returncode == 3

@@ -10,7 +10,13 @@ from pathlib import Path
 from tests.environment import need
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERATED = ["gpu_sidecar_pb2.py", "gpu_sidecar_pb2.pyi", "gpu_sidecar_pb2_grpc.py"]
+GENERATED = [
+    "sidecar/api/v1/gpu_sidecar_pb2.py",
+    "sidecar/api/v1/gpu_sidecar_pb2.pyi",
+    "sidecar/api/v1/gpu_sidecar_pb2_grpc.py",
+    "sidecar/api/kserve/v2/inference_pb2.py",
+    "sidecar/api/kserve/v2/inference_pb2.pyi",
+]
 
 
 def _load_generator():
@@ -41,9 +47,11 @@ def test_generated_protobuf_code_is_current(tmp_path):
     stale = [
         name
         for name in GENERATED
-        if (tmp_path / "sidecar/api/v1" / name).read_bytes() != (ROOT / "sidecar/api/v1" / name).read_bytes()
+        if (tmp_path / name).read_bytes() != (ROOT / name).read_bytes()
     ]
     assert not stale, f"regenerate with `python scripts/gen_protos.py`: {stale} differ from proto/"
+    made = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*_pb2*.py*")}
+    assert made == set(GENERATED), f"the generator makes {sorted(made)}; GENERATED lists {GENERATED}"
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -59,6 +67,8 @@ def test_declared_minimums_are_what_the_committed_stubs_need():
     # the package must not admit one, or an install beside PyFlink could break on import.
     generated = ROOT / "sidecar/api/v1"
     gencode = re.search(r"Protobuf Python Version: ([\d.]+)", (generated / "gpu_sidecar_pb2.py").read_text())
+    kserve = re.search(r"Protobuf Python Version: ([\d.]+)", (ROOT / "sidecar/api/kserve/v2/inference_pb2.py").read_text())
+    assert kserve.group(1) == gencode.group(1), "every stub comes from the one generator"
     grpc_gen = re.search(r"GRPC_GENERATED_VERSION = '([\d.]+)'", (generated / "gpu_sidecar_pb2_grpc.py").read_text())
     assert _declared_minimum("protobuf") >= _version(gencode.group(1))
     for package in ("grpcio", "grpcio-health-checking", "grpcio-reflection"):
@@ -70,6 +80,6 @@ def test_stubs_import_cleanly_on_this_runtime():
     import subprocess
     import sys
 
-    code = "import sidecar.api.v1.gpu_sidecar_pb2_grpc, sidecar.client"
+    code = "import sidecar.api.v1.gpu_sidecar_pb2_grpc, sidecar.api.kserve.v2.inference_pb2, sidecar.client"
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -49,7 +49,7 @@ def sidecar_command(model_uri: str, serve_args: tuple[str, ...] = ()) -> list[st
     # No metric reporters by default: nothing scrapes them during a bench, and the
     # metrics the tool reads come over GetMetrics. A --serve-arg comes later, so it wins.
     return [sys.executable, "-m", "sidecar.cli", "serve", "--log-level", "WARNING",
-            "--rpc-endpoint", "127.0.0.1:0", "--health-port", "0", "--metrics-prometheus-port", "0",
+            "--rpc-endpoint", "127.0.0.1:0", "--health-port", "0", "--kserve-http-port", "0", "--metrics-prometheus-port", "0",
             "--metrics-reporters", "", "--model-uri", model_uri, *serve_args]
 
 

@@ -15,9 +15,11 @@ class Code(IntEnum):
     CANCELLED = 1
     INVALID_ARGUMENT = 3
     DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5  # a KServe request for a model this sidecar does not serve
     RESOURCE_EXHAUSTED = 8
     INTERNAL = 13
     UNAVAILABLE = 14
+    UNAUTHENTICATED = 16  # a KServe HTTP request without the configured bearer token
 
 
 @dataclass(frozen=True, slots=True)

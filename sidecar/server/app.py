@@ -24,13 +24,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from aiohttp import web
 
-from actors.messages import AbandonAll, Drain, FlushMetrics, GetSnapshot
+from actors.messages import AbandonAll, Drain, FlushMetrics, GetCounts, GetSnapshot
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.backends import registry
 from sidecar.backends.base import Backend
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import SidecarConfig
+from sidecar.kserve import grpc_service as kserve_grpc
+from sidecar.kserve.calls import Model
+from sidecar.kserve.http_app import KServeHttp
 from sidecar.logs import event
 from sidecar.metrics.group import root_group
 from sidecar.metrics.registry import MetricRegistry
@@ -50,6 +54,9 @@ log = logging.getLogger("sidecar.server")
 ABANDON_GRACE_S = 5.0
 # How long stopping waits for actors (a hung executor is left behind).
 ACTOR_STOP_S = 0.5
+# Stopping the KServe HTTP front end waits this long for handlers still running
+# (after a drain there are none).
+KSERVE_HTTP_SHUTDOWN_S = 1.0
 # A GetMetrics snapshot waits at most this long for the metrics actor to catch up.
 SNAPSHOT_FLUSH_TIMEOUT_S = 2.0
 
@@ -107,6 +114,10 @@ class SidecarServer:
         self.health = Health()
         self.port: int | None = None  # the bound gRPC TCP port (useful with port 0)
         self.health_port: int | None = None
+        self.kserve_http_port: int | None = None  # the KServe HTTP front end's bound port, if it runs
+        self._kserve_grpc: kserve_grpc.KServeGrpcServicer | None = None
+        self._kserve_http: KServeHttp | None = None
+        self._http_runner: web.AppRunner | None = None
 
     @property
     def pipeline(self) -> Pipeline:
@@ -139,6 +150,18 @@ class SidecarServer:
         )
         self._servicer = GpuSidecarServicer(self._ingress, config, self.metric_registry)
         add_to_server(self._servicer, server)
+        ready = lambda: self.health.ready  # noqa: E731
+        if "grpc" in config.kserve_protocols:
+            self._kserve_grpc = kserve_grpc.KServeGrpcServicer(
+                self._ingress, ready, self._metric_counts, self._last_inference_ms
+            )
+            kserve_grpc.add_to_server(self._kserve_grpc, server)
+        if "http" in config.kserve_protocols:
+            self._kserve_http = KServeHttp(
+                self._ingress, ready, self._metric_counts, self._last_inference_ms,
+                max_body_bytes=config.max_message_bytes, max_inflight=config.kserve_http_max_inflight,
+                bearer_token=config.kserve_http_token,
+            )
         self.health.add_to_server(server)
         enable_reflection(
             (pb.DESCRIPTOR.services_by_name["GpuSidecar"].full_name, "grpc.health.v1.Health"), server
@@ -148,11 +171,44 @@ class SidecarServer:
         await server.start()
         self._server = server
         self.health_port = await self.health.start_http(config.health_port, config.health_host)
+        if self._kserve_http is not None:
+            await self._start_kserve_http()
         await asyncio.to_thread(self.metric_registry.start)
         event(
             log, "listening", endpoint=self.address, health_port=self.health_port, grpc_service=SERVICE,
-            prometheus_port=self.prometheus_port,
+            prometheus_port=self.prometheus_port, kserve=",".join(config.kserve_protocols) or "off",
+            kserve_http_port=self.kserve_http_port,
         )
+
+    async def _start_kserve_http(self) -> None:
+        assert self._kserve_http is not None
+        # No access log (one line per request); a client that goes away cancels its
+        # handler, so its stream closes and its queued items are withdrawn.
+        runner = web.AppRunner(self._kserve_http.app, access_log=None, handler_cancellation=True,
+                               shutdown_timeout=KSERVE_HTTP_SHUTDOWN_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.kserve_http_host, self.config.kserve_http_port, backlog=1024)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._http_runner = runner
+        self.kserve_http_port = runner.addresses[0][1]
+
+    async def _metric_counts(self) -> dict[str, Any]:
+        """The metrics actor's exact counts (KServe's statistics)."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return {}
+        return await asyncio.to_thread(pipeline.peers.metrics.ask, GetCounts(), timeout=SNAPSHOT_FLUSH_TIMEOUT_S)
+
+    def _last_inference_ms(self, counts: dict[str, Any]) -> int:
+        """When the last batch ran, in ms since the epoch (0: none yet)."""
+        at = counts.get("last_batch_at")
+        if at is None:
+            return 0
+        return int((time.time() - (self._clock.now() - at)) * 1000)
 
     @property
     def prometheus_port(self) -> int | None:
@@ -185,6 +241,11 @@ class SidecarServer:
         )
         info = self._pipeline.info
         self._servicer.model_info = model_info_message(backends[0].name, info, self._pipeline.batch_size, config)
+        model = Model(config.model_name, str(config.model_version), backends[0].name, info.spec,
+                      self._pipeline.batch_size, config.instances, config.batch_timeout_s)
+        for front in (self._kserve_grpc, self._kserve_http):
+            if front is not None:
+                front.model = model
         self._ingress.attach(self._pipeline.peers.session, self._pipeline.peers.metrics)
         metrics_ref = self._pipeline.peers.metrics
         self.metric_registry.before_snapshot = lambda: metrics_ref.ask(FlushMetrics(), timeout=SNAPSHOT_FLUSH_TIMEOUT_S)
@@ -297,6 +358,9 @@ class SidecarServer:
     async def stop(self, grace_s: float | None = 1.0) -> None:
         await self.health.set_ready(False)
         await self.health.stop_http()
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+            self._http_runner = None
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None

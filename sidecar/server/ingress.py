@@ -206,6 +206,11 @@ class Ingress:
         """
         stream.life.write_done()
         stream.wake()
+        self.delivered(sent)
+
+    def delivered(self, sent: Sequence[Outgoing]) -> None:
+        """These answers reached their client (the KServe front ends call this once a
+        request's answers, taken earlier, went out as one response)."""
         if self._metrics is None or not sent:
             return
         now = self._clock.now()
@@ -214,6 +219,16 @@ class Ingress:
         if not self._written_flush_scheduled:
             self._written_flush_scheduled = True
             self._loop.call_soon(self._flush_written)
+
+    def dropped(self, answers: Sequence[Outgoing]) -> None:
+        """Answers taken from a stream that will never reach their client after all."""
+        self._dropped(answers)
+
+    def count(self, message: Any) -> None:
+        """A count for the metrics actor from the event loop (KServe front ends: what
+        they refused before the session saw it, and their calls)."""
+        if self._to_metrics is not None:
+            self._to_metrics.tell(message)
 
     def write_failed(self, stream: Stream, taken: list[Outgoing]) -> None:
         """A write raised: those answers and everything else the stream holds are

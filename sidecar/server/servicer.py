@@ -55,7 +55,7 @@ def parse_stream_request(data: bytes) -> pb.InferStreamRequest | Unparsable:
         return Unparsable(len(data), str(e))
 
 
-async def _stop_reading(iterator: Any) -> None:
+async def stop_reading(iterator: Any) -> None:
     """Ends the call's request generator now, not when the garbage collector finds it.
     A reader that stops early (a bad frame, a refusal, a drain) leaves it suspended,
     in a reference cycle; grpcio 1.65 counts the call's HTTP/2 stream against the
@@ -177,7 +177,7 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
             if life.phase is Phase.OPEN:
                 ingress.read_ended(stream)
         finally:
-            await _stop_reading(iterator)
+            await stop_reading(iterator)
 
     async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:
         return pb.PingResponse(version=__version__, uptime=duration(time.monotonic() - self._started))

@@ -240,7 +240,7 @@ def test_timeout_must_be_positive():
 
 def quick_config(endpoint: str, **overrides) -> SidecarConfig:
     options = {"model_uri": "mock:?base_ms=1&per_item_ms=0", **overrides}
-    return SidecarConfig(endpoint=endpoint, health_port=0, metrics_reporters=(), **options)
+    return SidecarConfig(endpoint=endpoint, health_port=0, kserve_http_port=0, metrics_reporters=(), **options)
 
 
 def test_a_stream_lost_with_its_server_comes_back_when_a_new_one_listens_on_the_same_socket(socket_dir):

@@ -30,6 +30,7 @@ async def serving(transport: str = "tcp", **overrides: Any) -> AsyncIterator[Sid
     else:
         endpoint = "127.0.0.1:0"
     overrides.setdefault("health_port", 0)
+    overrides.setdefault("kserve_http_port", 0)
     overrides.setdefault("prometheus_port", 0)
     server = SidecarServer(SidecarConfig(endpoint=endpoint, **overrides), backends=backends)
     await server.start()

@@ -28,7 +28,7 @@ class ServerProcess:
 def start_server(tmp_path: Path, *args: str) -> ServerProcess:
     log = tmp_path / "server.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "serve", "--health-port", "0", "--metrics-prometheus-port", "0", *args],
+        [sys.executable, "-m", "sidecar.cli", "serve", "--health-port", "0", "--kserve-http-port", "0", "--metrics-prometheus-port", "0", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=log.open("w"),

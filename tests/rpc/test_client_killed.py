@@ -77,7 +77,7 @@ def test_killed_clients_queued_work_is_withdrawn_and_other_streams_unaffected(tm
         backend = RecordingMock("mock:?base_ms=5&per_item_ms=0", sleep=gate)
         memory = InMemoryReporter()
         config = SidecarConfig(
-            endpoint="127.0.0.1:0", health_port=0, prometheus_port=0, metrics_reporters=(),
+            endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0, prometheus_port=0, metrics_reporters=(),
             max_batch_size=4, max_inflight_batches=1, max_queue_length=4096, max_queue_wait_s=WAIT_S,
         )
         server = SidecarServer(config, backends=[backend], reporters=[memory])

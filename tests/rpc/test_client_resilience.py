@@ -137,7 +137,7 @@ def test_killed_server_fails_every_pending_request_unavailable_within_the_bound(
 
 def test_stream_ended_by_a_draining_server_makes_later_submits_fail_at_once():
     async def go() -> None:
-        config = SidecarConfig(endpoint="127.0.0.1:0", health_port=0, metrics_reporters=(), model_uri="mock:?base_ms=1")
+        config = SidecarConfig(endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0, metrics_reporters=(), model_uri="mock:?base_ms=1")
         server = SidecarServer(config)
         await server.start()
         client = SidecarClient(server.address)
@@ -221,7 +221,7 @@ def test_reconnect_waits_until_the_server_says_serving(socket_dir):
     """A server that listens but is still loading answers health NOT_SERVING: the
     client keeps failing submits at once and does not open a stream until SERVING."""
     endpoint = f"unix://{socket_dir}/sidecar.sock"
-    config = SidecarConfig(endpoint=endpoint, health_port=0, metrics_reporters=(), model_uri="mock:?base_ms=1")
+    config = SidecarConfig(endpoint=endpoint, health_port=0, kserve_http_port=0, metrics_reporters=(), model_uri="mock:?base_ms=1")
 
     async def go() -> None:
         first = SidecarServer(config)

@@ -44,7 +44,7 @@ def test_drain_answers_every_request_read_on_an_open_stream_and_refuses_new_stre
 
 async def _scenario() -> None:
     reporter = InMemoryReporter()
-    config = SidecarConfig(endpoint="127.0.0.1:0", health_port=0, prometheus_port=0, model_uri="mock:?base_ms=5&per_item_ms=0")
+    config = SidecarConfig(endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0, prometheus_port=0, model_uri="mock:?base_ms=5&per_item_ms=0")
     gate = CountingGate()  # closed during the drain: the drain stays under way while a new stream tries in
     server = SidecarServer(config, reporters=[reporter], backends=[MockBackend(config.model_uri, sleep=gate)])
     await server.start()

@@ -34,7 +34,7 @@ async def outcomes(futures) -> list:
 
 def config(**overrides) -> SidecarConfig:
     base = dict(
-        endpoint="127.0.0.1:0", health_port=0, metrics_reporters=(), max_batch_size=4, max_inflight_batches=1,
+        endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0, metrics_reporters=(), max_batch_size=4, max_inflight_batches=1,
         batch_timeout_s=0.0, backend_timeout_s=0.2,
     )
     return SidecarConfig(**{**base, **overrides})

@@ -68,7 +68,7 @@ def test_hung_backend_times_out_is_replaced_and_health_follows():
 
         hung = MockBackend("mock:?base_ms=1&hang_on_batch=2")
         config = SidecarConfig(
-            endpoint="127.0.0.1:0", health_port=0, metrics_reporters=(), backend_timeout_s=0.3,
+            endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0, metrics_reporters=(), backend_timeout_s=0.3,
             **one_batch_at_a_time(),
         )
         server = SidecarServer(config, backends=[hung], make_backend=make_backend)

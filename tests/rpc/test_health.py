@@ -41,7 +41,7 @@ def test_not_ready_while_loading_ready_after_not_ready_while_draining():
     async def go():
         gate = Gate(opened=False)
         backend = MockBackend("mock:?load_ms=1&base_ms=1&per_item_ms=0", sleep=gate)
-        server = SidecarServer(SidecarConfig(endpoint="127.0.0.1:0", health_port=0), backends=[backend])
+        server = SidecarServer(SidecarConfig(endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0), backends=[backend])
         await server.listen()
         loading = asyncio.ensure_future(server.load())
         try:
@@ -90,7 +90,7 @@ def test_not_ready_while_loading_ready_after_not_ready_while_draining():
 
 def test_http_health_answers_only_get_on_its_path():
     async def go():
-        server = SidecarServer(SidecarConfig(endpoint="127.0.0.1:0", health_port=0))
+        server = SidecarServer(SidecarConfig(endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0))
         await server.start()
         try:
             assert (await http_health(server.health_port, "GET", "/metrics"))[0] == 404
@@ -104,7 +104,7 @@ def test_http_health_answers_only_get_on_its_path():
 
 def test_reflection_lists_the_services():
     async def go():
-        server = SidecarServer(SidecarConfig(endpoint="127.0.0.1:0", health_port=0))
+        server = SidecarServer(SidecarConfig(endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0))
         await server.start()
         try:
             async with grpc.aio.insecure_channel(server.address) as channel:

@@ -17,7 +17,7 @@ from tests.rpc.helpers import eventually, run
 def test_counts_reach_a_reader_that_never_flushes():
     async def go():
         memory = InMemoryReporter()
-        config = SidecarConfig(endpoint="127.0.0.1:0", health_port=0, prometheus_port=0,
+        config = SidecarConfig(endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0, prometheus_port=0,
                                model_uri="mock:?base_ms=0&per_item_ms=0")
         server = SidecarServer(config, reporters=[memory])
         await server.start()

@@ -93,7 +93,7 @@ def test_server_counts_equal_client_counts_for_every_outcome():
         backend = MockBackend("mock:?base_ms=1&per_item_ms=0", sleep=gate)
         memory = InMemoryReporter()
         config = SidecarConfig(
-            endpoint="127.0.0.1:0", health_port=0, prometheus_port=0, max_batch_size=4, max_inflight_batches=1,
+            endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0, prometheus_port=0, max_batch_size=4, max_inflight_batches=1,
             max_queue_length=20, max_queue_wait_s=10.0, batch_timeout_s=0.001,
         )
         server = SidecarServer(config, backends=[backend], reporters=[memory])
@@ -156,7 +156,7 @@ def test_response_timing_splits_latency_by_stage():
     async def go():
         backend = MockBackend("mock:?base_ms=5&per_item_ms=0")
         server = SidecarServer(
-            SidecarConfig(endpoint="127.0.0.1:0", health_port=0, metrics_reporters=(), batch_timeout_s=0.02,
+            SidecarConfig(endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0, metrics_reporters=(), batch_timeout_s=0.02,
                           batch_dispatch="window"),  # the partial batch waits out its window, idle backend or not
             backends=[backend],
         )

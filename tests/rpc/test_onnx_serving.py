@@ -51,7 +51,7 @@ def test_concurrent_requests_are_batched_and_each_answer_matches_numpy(tmp_path)
 
 async def refused_at_start_up(**overrides: object) -> str:
     """Start-up's error: the server listens first, so it is stopped after the failed load."""
-    server = SidecarServer(SidecarConfig(endpoint="127.0.0.1:0", health_port=0, prometheus_port=0, **overrides))
+    server = SidecarServer(SidecarConfig(endpoint="127.0.0.1:0", health_port=0, kserve_http_port=0, prometheus_port=0, **overrides))
     try:
         with pytest.raises(BackendError) as err:
             await server.start()

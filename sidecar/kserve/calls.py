@@ -1,0 +1,251 @@
+"""KServe calls on the event loop: each gRPC ModelInfer, HTTP infer or
+ModelStreamInfer call is a stream of the ingress, like a native Infer call, so
+admission, the batcher, drain, deadlines, metrics and the session's bookkeeping
+treat its items exactly as theirs.
+
+A KServe request of N items is sent on as one native InferBatch of N items
+(ids given out by sidecar/core/kserve_groups.py); its N answers come back
+through the stream's lifecycle and are gathered into one answer. An answer
+taken from the lifecycle frees its window at once; it counts as delivered
+(end-to-end latency) when its request's answer is written, and as dropped if
+that write fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from actors.messages import KServeAnswered, OutcomesCounted
+from actors.session import Outgoing
+from sidecar.api.v1 import gpu_sidecar_pb2 as pb
+from sidecar.core.kserve_groups import GroupAnswer, GroupError, Groups
+from sidecar.core.kserve_tensors import Items, KTensor, as_items, datatype_of
+from sidecar.core.status import Code, Failure
+from sidecar.core.tensors import InvalidTensors, ModelSpec, TensorSpec
+from sidecar.rpc.convert import duration, retry_after_s
+from sidecar.server.ingress import Ingress, Stream
+
+DRAINING = Failure(Code.UNAVAILABLE, "the sidecar is draining (shutting down) and takes no new requests; retry on another instance or after it restarts")
+LOADING = Failure(Code.UNAVAILABLE, "the sidecar is starting: the model is not loaded yet; retry shortly")
+_CODES = {int(c): c for c in Code}
+_ALL = 1 << 62  # a take budget no outbox reaches
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """The one model a sidecar serves, as KServe clients name and see it."""
+
+    name: str
+    version: str
+    platform: str  # the backend's name
+    spec: ModelSpec
+    max_batch_size: int
+    instances: int
+    batch_timeout_s: float
+
+    def resolve(self, name: str, version: str) -> Failure | None:
+        """None if `name` / `version` ("" or "latest" meaning the one served) is this model."""
+        if name != self.name:
+            return Failure(Code.NOT_FOUND, f"unknown model {name[:200]!r}; this sidecar serves {self.name!r}")
+        if version not in ("", "latest", self.version):
+            return Failure(
+                Code.NOT_FOUND,
+                f"model {self.name!r} has no version {version[:200]!r}; it serves version {self.version!r} (or 'latest')",
+            )
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class KRequest:
+    """One KServe infer request, whichever protocol carried it."""
+
+    model_name: str
+    model_version: str
+    id: str
+    inputs: Sequence[KTensor]
+    outputs: Sequence[str]  # requested output names; empty: all
+    timeout_s: float | None = None  # the request's own `timeout` parameter
+
+
+@dataclass(frozen=True, slots=True)
+class KResult:
+    """A request's answer: outputs (in the order asked, else the model's) or a failure."""
+
+    id: str
+    outputs: tuple[KTensor, ...] = ()
+    failure: Failure | None = None
+
+
+class Call:
+    """One KServe call's stream and the requests in flight on it (event loop only)."""
+
+    def __init__(self, ingress: Ingress, stream: Stream, model: Model, protocol: str, *, early: bool) -> None:
+        self._ingress, self.stream, self._model = ingress, stream, model
+        self._protocol, self._early = protocol, early
+        self._groups: Groups[int] = Groups()
+        self._requests: dict[int, tuple[KRequest, Items]] = {}
+        self._answers: dict[int, list[Outgoing]] = {}
+        self._ready: deque[tuple[int, KResult, list[Outgoing]]] = deque()
+        self._tags = 0
+
+    @property
+    def pending(self) -> int:
+        """Requests sent on and not answered yet."""
+        return len(self._requests)
+
+    @property
+    def may_read(self) -> bool:
+        """The stream's window has room, and so has the backlog of answers given at
+        once (refusals): a client that sends only bad requests and never reads
+        holds at most a window of them."""
+        return self.stream.life.may_read and len(self._ready) < self.stream.life.window
+
+    def refuse(self, request_id: str, message: str) -> int:
+        """A request that could not even be read: answered INVALID_ARGUMENT under a new tag."""
+        self._tags += 1
+        self._refused(self._tags, request_id, Failure(Code.INVALID_ARGUMENT, message))
+        return self._tags
+
+    def _refused(self, tag: int, request_id: str, failure: Failure) -> None:
+        count_refused(self._ingress, None)
+        self._finish(tag, KResult(request_id, failure=failure), [])
+        self.stream.wake()
+
+    def send(self, request: KRequest) -> int:
+        """Checks `request` and sends it on; returns its tag. A request that does not
+        fit is answered at once (INVALID_ARGUMENT or NOT_FOUND) under its tag."""
+        self._tags += 1
+        tag = self._tags
+        model, stream = self._model, self.stream
+        try:
+            failure = model.resolve(request.model_name, request.model_version)
+            if failure is None:
+                items = as_items(request.inputs, request.outputs, model.spec, stream.life.window)
+                if request.timeout_s is not None and not request.timeout_s > 0:
+                    raise InvalidTensors(f"timeout must be positive, got {request.timeout_s * 1e6:g} us")
+        except InvalidTensors as e:
+            failure = Failure(Code.INVALID_ARGUMENT, f"request {request.id[:200]!r}: {e}" if request.id else str(e))
+        if failure is not None:
+            self._refused(tag, request.id, failure)
+            return tag
+        ids = self._groups.open(tag, items.n, early=self._early)
+        self._requests[tag] = (request, items)
+        batch = pb.InferBatch(request_ids=ids)
+        for spec, data in zip(model.spec.inputs, items.inputs):
+            batch.inputs.add(name=spec.name, dtype=spec.dtype, shape=(items.n, *spec.shape), data=data)
+        if request.timeout_s is not None:
+            batch.timeout.CopyFrom(duration(request.timeout_s))
+        self._ingress.submit(stream, items.n, (), (), (batch,))
+        return tag
+
+    async def results(self) -> list[tuple[int, KResult, list[Outgoing]]]:
+        """The next answers ready, with what each was made of (for `delivered`); an
+        empty list once the stream has nothing more to give."""
+        stream = self.stream
+        life = stream.life
+        while True:
+            if life.has_output:
+                taken = life.take(_ALL, _one)
+                self._ingress.written(stream, [])  # frees the window; counted delivered later
+                for outgoing in taken.answers:
+                    self._take(outgoing)
+            if self._ready:
+                ready = list(self._ready)
+                self._ready.clear()
+                stream.readable.set()  # the backlog has room again (may_read)
+                return ready
+            if life.finished:
+                return []
+            stream.wakeup.clear()
+            await stream.wakeup.wait()
+
+    def _take(self, outgoing: Outgoing) -> None:
+        response = outgoing[0]
+        request_id = response.request_id
+        try:
+            tag = self._groups.tag(request_id)
+            if response.HasField("error"):
+                error = response.error
+                failure = Failure(_CODES.get(error.code, Code.INTERNAL), error.message, retry_after_s(error))
+                answer = self._groups.answered(request_id, None, failure)
+            else:
+                answer = self._groups.answered(request_id, tuple(t.data for t in response.outputs))
+        except GroupError:  # a bug upstream; the counts say where the answer went
+            log.exception("kserve: stream %d got an answer for item %d it did not ask for", self.stream.id, request_id)
+            self._ingress.dropped([outgoing])
+            return
+        if tag not in self._requests:  # left over from a request answered early: never sent
+            self._ingress.dropped([outgoing])
+            return
+        parts = self._answers.setdefault(tag, [])
+        parts.append(outgoing)
+        if answer is None:
+            return
+        request, items = self._requests.pop(tag)
+        del self._answers[tag]
+        self._finish(tag, self._result(answer, request, items), parts)
+
+    def _finish(self, tag: int, result: KResult, parts: list[Outgoing]) -> None:
+        self._ready.append((tag, result, parts))
+        self._ingress.count(KServeAnswered(self._protocol, 1, int(result.failure is not None)))
+
+    def _result(self, answer: GroupAnswer[int], request: KRequest, items: Items) -> KResult:
+        if answer.failure is not None:
+            return KResult(request.id, failure=answer.failure)
+        assert answer.outputs is not None
+        by_name = {s.name: data for s, data in zip(self._model.spec.outputs, answer.outputs)}
+        return KResult(request.id, tuple(_tensor(s, items.n, by_name[s.name]) for s in items.outputs))
+
+    def delivered(self, parts: list[Outgoing]) -> None:
+        """A result went out: its items count as written (end-to-end latency)."""
+        self._ingress.delivered(parts)
+
+    def undelivered(self, parts: list[Outgoing]) -> None:
+        """A result could not be written: its items count as dropped."""
+        self._ingress.dropped(parts)
+
+
+def count_refused(ingress: Ingress, protocol: str | None) -> None:
+    """A request answered INVALID_ARGUMENT before the session saw it: counted as one
+    received and one invalid (its items were never known), and, given its
+    protocol, as a KServe request that failed (a Call counts its own when done)."""
+    ingress.count(OutcomesCounted((("received", 1), ("invalid", 1))))
+    if protocol is not None:
+        ingress.count(KServeAnswered(protocol, 1, 1))
+
+
+async def infer_once(
+    ingress: Ingress, model: Model | None, request: KRequest, protocol: str, time_remaining_s: float | None = None
+) -> KResult:
+    """One unary request (gRPC ModelInfer, HTTP infer) on a stream of its own. It is
+    answered at its first failed item; closing the stream then withdraws the rest."""
+    if model is None:
+        return KResult(request.id, failure=LOADING)
+    stream = ingress.open_stream(time_remaining_s)
+    if stream is None:
+        return KResult(request.id, failure=DRAINING)
+    reason = "client went away"
+    try:
+        call = Call(ingress, stream, model, protocol, early=True)
+        call.send(request)
+        ingress.read_ended(stream)
+        ready = await call.results()
+        reason = "answered"
+        assert ready, "a stream with a request sent ends only once it is answered"
+        _, result, parts = ready[0]
+        call.delivered(parts)
+        return result
+    finally:
+        ingress.close_stream(stream, reason)
+
+
+def _tensor(spec: TensorSpec, n: int, data: bytes) -> KTensor:
+    return KTensor(spec.name, datatype_of(spec), (n, *spec.shape), data)
+
+
+def _one(_: Outgoing) -> int:
+    return 1

@@ -1,0 +1,322 @@
+"""KServe v2 over HTTP/REST, on aiohttp and the server's own event loop (docs/kserve.md).
+
+    GET  /v2/health/live | /v2/health/ready          200, or 503 while not ready
+    GET  /v2                                         server metadata
+    GET  /v2/models/{m}[/versions/{v}]               model metadata
+    GET  /v2/models/{m}[/versions/{v}]/ready         200 or 503
+    GET  /v2/models/{m}[/versions/{v}]/config        Triton's model configuration
+    GET  /v2/models[/{m}[/versions/{v}]]/stats       Triton's model statistics
+    POST /v2/models/{m}[/versions/{v}]/infer         JSON, or JSON + binary tensors
+
+The version may be `latest` or the configured one. Request bodies may be gzip or
+deflate (aiohttp decompresses them, bounded by sidecar.rpc.max-message-size).
+With sidecar.kserve.http.bearer-token set, everything but /v2/health/* needs
+`Authorization: Bearer <token>`. Errors are `{"error": "..."}`: 400 bad input,
+401 no token, 404 unknown model or path, 413 body too large, 503 overloaded,
+loading or draining (with Retry-After), 504 deadline, 500 the backend failed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.core.kserve_tensors import KTensor
+from sidecar.core.status import Code, Failure
+from sidecar.core.tensors import InvalidTensors
+from sidecar.kserve import views
+from sidecar.kserve.calls import LOADING, KRequest, KResult, Model, count_refused, infer_once
+from sidecar.kserve.values import raw_from_values, values_from_raw
+from sidecar.core.quote import clip, quote
+from sidecar.rpc.convert import MAX_MESSAGE_CHARS
+from sidecar.server.ingress import Ingress
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+STATUS_OF = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.UNAUTHENTICATED: 401,
+    Code.NOT_FOUND: 404,
+    Code.RESOURCE_EXHAUSTED: 503,
+    Code.UNAVAILABLE: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.CANCELLED: 500,
+    Code.INTERNAL: 500,
+}
+JSON = "application/json"
+BINARY = "application/octet-stream"
+
+
+class KServeHttp:
+    """The HTTP front end: `app` to serve. `model` is set once the backend has loaded."""
+
+    def __init__(
+        self,
+        ingress: Ingress,
+        ready: Callable[[], bool],
+        counts: Callable[[], Awaitable[dict[str, Any]]],
+        last_inference_ms: Callable[[dict[str, Any]], int],
+        *,
+        max_body_bytes: int,
+        max_inflight: int,
+        bearer_token: str = "",
+    ) -> None:
+        self._ingress = ingress
+        self._ready = ready
+        self._counts = counts
+        self._last_inference_ms = last_inference_ms
+        self._token = f"Bearer {bearer_token}".encode() if bearer_token else None
+        self._max_inflight = max_inflight
+        self.inflight = 0
+        self.model: Model | None = None
+        app = web.Application(client_max_size=max_body_bytes, middlewares=[self._errors, self._auth])
+        r = app.router
+        r.add_get("/v2/health/live", self._live)
+        r.add_get("/v2/health/ready", self._server_ready)
+        r.add_get("/v2", self._server_metadata)
+        r.add_get("/v2/models/stats", self._stats)
+        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            r.add_get(base, self._model_metadata)
+            r.add_get(base + "/ready", self._model_ready)
+            r.add_get(base + "/config", self._config)
+            r.add_get(base + "/stats", self._stats)
+            r.add_post(base + "/infer", self._infer)
+        self.app = app
+
+    # ---- middleware ---------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """aiohttp's own errors (404, 405, 413) as KServe's JSON errors."""
+        try:
+            return await handler(request)
+        except _Failed as e:
+            return _failure_response(e.failure)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            message = e.text if e.text and not e.text.startswith(str(e.status)) else e.reason
+            return _error_response(e.status, f"{request.method} {request.path[:200]}: {message}", e.headers)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self._token is None or request.path.startswith("/v2/health/"):
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, self._token):
+            why = "no Authorization header" if not given else "the bearer token does not match"
+            return _error_response(401, f"this sidecar needs 'Authorization: Bearer <token>': {why}",
+                                   {"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    # ---- health and metadata ------------------------------------------------------------
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def _server_ready(self, request: web.Request) -> web.Response:
+        ready = self._ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(views.server_metadata())
+
+    async def _model_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(views.model_metadata(self._model(request)))
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        self._model(request)
+        ready = self._ready()
+        return web.json_response({"name": self.model.name if self.model else "", "ready": ready},
+                                 status=200 if ready else 503)
+
+    async def _config(self, request: web.Request) -> web.Response:
+        return web.json_response(views.model_config(self._model(request)))
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        model = self._model(request) if "model" in request.match_info else self._loaded()
+        counts = await self._counts()
+        stats = views.model_statistics(model, counts, self._last_inference_ms(counts))
+        return web.json_response({"model_stats": [stats]})
+
+    def _loaded(self) -> Model:
+        if self.model is None:
+            raise _Failed(LOADING)
+        return self.model
+
+    def _model(self, request: web.Request) -> Model:
+        model = self._loaded()
+        failure = model.resolve(request.match_info["model"], request.match_info.get("version", ""))
+        if failure is not None:
+            raise _Failed(failure)
+        return model
+
+    # ---- inference ----------------------------------------------------------------------
+
+    async def _infer(self, request: web.Request) -> web.StreamResponse:
+        if self.inflight >= self._max_inflight:
+            count_refused(self._ingress, "http")
+            return _failure_response(Failure(
+                Code.RESOURCE_EXHAUSTED,
+                f"{self.inflight} HTTP infer requests are in flight, the limit (sidecar.kserve.http.max-inflight); "
+                "retry shortly",
+                retry_after_s=0.001,
+            ))
+        self.inflight += 1
+        try:
+            return await self._infer_one(request)
+        finally:
+            self.inflight -= 1
+
+    async def _infer_one(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            k, binary = to_request(
+                body, request.headers.get(HEADER_LENGTH), request.match_info["model"],
+                request.match_info.get("version", ""),
+            )
+        except InvalidTensors as e:
+            count_refused(self._ingress, "http")
+            return _error_response(400, clip(str(e), MAX_MESSAGE_CHARS))
+        result = await infer_once(self._ingress, self.model, k, "http")
+        if result.failure is not None:
+            return _failure_response(result.failure)
+        response = to_response(result, self.model, binary)
+        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression()
+        return response
+
+
+class _Failed(Exception):
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+
+
+# ---- the wire format ----------------------------------------------------------------------
+
+
+class Binary:
+    """Which outputs go back as binary data: by name, else the request's default."""
+
+    def __init__(self, default: bool, by_name: dict[str, bool]) -> None:
+        self.default, self.by_name = default, by_name
+
+    def __call__(self, name: str) -> bool:
+        return self.by_name.get(name, self.default)
+
+
+def to_request(body: bytes, header_length: str | None, model: str, version: str) -> tuple[KRequest, Binary]:
+    """An infer body (JSON, then binary tensors if `header_length` is given) as the
+    front ends' common form; InvalidTensors says what is wrong with it."""
+    json_part, binary = body, b""
+    if header_length is not None:
+        if not header_length.strip().isdigit() or int(header_length) > len(body):
+            raise InvalidTensors(
+                f"{HEADER_LENGTH} is {quote(header_length[:40])}, but the body has {len(body)} bytes"
+            )
+        n = int(header_length)
+        json_part, binary = body[:n], body[n:]
+    try:
+        doc = json.loads(json_part)
+    except (ValueError, RecursionError) as e:
+        raise InvalidTensors(f"the request body is not JSON: {quote(str(e))}") from None
+    if not isinstance(doc, dict):
+        raise InvalidTensors("the request body must be a JSON object with 'inputs'")
+    request_id = _field(doc, "id", str, "")
+    parameters = _field(doc, "parameters", dict, {})
+    inputs = _field(doc, "inputs", list, None)
+    if inputs is None:
+        raise InvalidTensors("the request has no 'inputs'")
+    tensors, offset = [], 0
+    for i, entry in enumerate(inputs):
+        tensor, offset = _input(entry, i, binary, offset)
+        tensors.append(tensor)
+    if offset != len(binary):
+        raise InvalidTensors(f"the body has {len(binary) - offset} bytes after the tensors' binary data")
+    outputs, binary_by_name = [], {}
+    for i, entry in enumerate(_field(doc, "outputs", list, [])):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InvalidTensors(f"outputs[{i}] must be an object with a string 'name'")
+        outputs.append(entry["name"])
+        wants = _field(entry, "parameters", dict, {}).get("binary_data")
+        if wants is not None:
+            binary_by_name[entry["name"]] = bool(wants)
+    timeout = parameters.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
+        raise InvalidTensors(f"parameter 'timeout' must be a number of microseconds, not {quote(str(timeout)[:40])}")
+    k = KRequest(model, version, request_id, tensors, outputs, None if timeout is None else timeout / 1e6)
+    return k, Binary(bool(parameters.get("binary_data_output", False)), binary_by_name)
+
+
+def _input(entry: Any, i: int, binary: bytes, offset: int) -> tuple[KTensor, int]:
+    if not isinstance(entry, dict):
+        raise InvalidTensors(f"inputs[{i}] must be an object")
+    name = _field(entry, "name", str, None)
+    datatype = _field(entry, "datatype", str, None)
+    shape = _field(entry, "shape", list, None)
+    if name is None or datatype is None or shape is None:
+        raise InvalidTensors(f"inputs[{i}] needs 'name', 'datatype' and 'shape'")
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape[:64]) or len(shape) > 64:
+        raise InvalidTensors(f"input {quote(name)}: 'shape' must be a short list of integers")
+    size = _field(entry, "parameters", dict, {}).get("binary_data_size")
+    if size is not None:
+        if "data" in entry:
+            raise InvalidTensors(f"input {quote(name)}: has both 'data' and binary_data_size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise InvalidTensors(
+                f"input {quote(name)}: binary_data_size {quote(str(size)[:40])} does not fit the "
+                f"{len(binary) - offset} binary bytes left in the body"
+            )
+        return KTensor(name, datatype, tuple(shape), binary[offset : offset + size]), offset + size
+    if "data" not in entry:
+        raise InvalidTensors(f"input {quote(name)}: no 'data' and no binary_data_size")
+    return KTensor(name, datatype, tuple(shape), raw_from_values(name, datatype, shape, entry["data"])), offset
+
+
+def _field(doc: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = doc.get(key, default)
+    if value is not default and not isinstance(value, kind):
+        raise InvalidTensors(f"'{key}' must be a JSON {_JSON_NAMES[kind]}")
+    return value
+
+
+_JSON_NAMES = {str: "string", dict: "object", list: "array"}
+
+
+def to_response(result: KResult, model: Model | None, binary: Binary) -> web.Response:
+    head: dict[str, Any] = {}
+    if model is not None:
+        head["model_name"], head["model_version"] = model.name, model.version
+    if result.id:
+        head["id"] = result.id
+    outputs, tail = [], []
+    for t in result.outputs:
+        out: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        if binary(t.name):
+            out["parameters"] = {"binary_data_size": len(t.data)}
+            tail.append(t.data)
+        else:
+            out["data"] = values_from_raw(t.datatype, t.data)
+        outputs.append(out)
+    head["outputs"] = outputs
+    text = json.dumps(head, separators=(",", ":")).encode()
+    if not tail:
+        return web.Response(body=text, content_type=JSON)
+    return web.Response(body=b"".join([text, *tail]), content_type=BINARY, headers={HEADER_LENGTH: str(len(text))})
+
+
+def _failure_response(failure: Failure) -> web.Response:
+    headers = {}
+    if failure.retry_after_s is not None:
+        # Retry-After takes whole seconds; the message keeps the exact hint.
+        headers["Retry-After"] = str(max(1, math.ceil(failure.retry_after_s)))
+    return _error_response(STATUS_OF.get(failure.code, 500), clip(failure.message, MAX_MESSAGE_CHARS), headers)
+
+
+def _error_response(status: int, message: str, headers: Any = None) -> web.Response:
+    keep = {k: v for k, v in (headers or {}).items() if k in ("Retry-After", "WWW-Authenticate", "Allow")}
+    return web.json_response({"error": message}, status=status, headers=keep)
