@@ -96,6 +96,8 @@ async def _serve(loaded: Loaded) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     await server.listen()
     metrics = f", metrics http://0.0.0.0:{server.prometheus_port}/metrics" if server.prometheus_port else ""
+    if server.kserve_http_port:
+        metrics += f", KServe v2 http://{config.kserve_http_host}:{server.kserve_http_port}/v2"
     print(f"gpu-sidecar {__version__} serving {config.backend!r} on {server.address} "
           f"(health http://0.0.0.0:{server.health_port}/health{metrics})", flush=True)
     loading = asyncio.ensure_future(server.load())

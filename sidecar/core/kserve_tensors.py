@@ -123,12 +123,12 @@ def as_items(inputs: Sequence[KTensor], requested: Sequence[str], spec: ModelSpe
 
 def _by_name(inputs: Sequence[KTensor], specs: Sequence[TensorSpec]) -> dict[str, KTensor]:
     """The inputs by name, reading no more of them than it takes to find a problem."""
-    spelled = _spellings(specs)
+    spelled = _Spellings(specs)
     scan = len(specs) + MAX_SHOWN_NAMES + 1
     by_name: dict[str, KTensor] = {}
     unknown: list[str] = []
     for t in itertools.islice(inputs, scan):
-        name = spelled.get(t.name) or spelled.get(t.name.lower(), "")
+        name = spelled(t.name)
         if not name:
             unknown.append(t.name)
             continue
@@ -169,23 +169,29 @@ def _outputs(requested: Sequence[str], specs: Sequence[TensorSpec]) -> tuple[Ten
         return tuple(specs)
     if len(requested) > MAX_REQUESTED_PER_OUTPUT * len(specs):
         raise InvalidTensors(f"request names {len(requested):,} outputs; the model has {len(specs)}: {_names(specs)}")
-    spelled = _spellings(specs)
-    wanted = {spelled.get(r) or spelled.get(r.lower(), "") for r in requested}
+    spelled = _Spellings(specs)
+    wanted = {spelled(r) for r in requested}
     if "" in wanted:
-        unknown = [r for r in requested if not (spelled.get(r) or spelled.get(r.lower()))]
+        unknown = [r for r in requested if not spelled(r)]
         raise InvalidTensors(f"unknown output name(s) {quote_names(unknown)}; the model has {_names(specs)}")
     return tuple(s for s in specs if s.name in wanted)
 
 
-def _spellings(specs: Sequence[TensorSpec]) -> dict[str, str]:
-    """Name as a client may write it -> the model's name: exact, and lower-cased
-    where no two model names share a lower-case form."""
-    lowered: dict[str, list[str]] = {}
-    for s in specs:
-        lowered.setdefault(s.name.lower(), []).append(s.name)
-    spelled = {low: names[0] for low, names in lowered.items() if len(names) == 1}
-    spelled.update({s.name: s.name for s in specs})
-    return spelled
+class _Spellings:
+    """A name as a client may write it -> the model's name ("" if none): exact, or
+    else ignoring case where just one model name has that lower-case form."""
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        self._exact = {s.name for s in specs}
+        lowered: dict[str, list[str]] = {}
+        for s in specs:
+            lowered.setdefault(s.name.lower(), []).append(s.name)
+        self._lowered = {low: names[0] for low, names in lowered.items() if len(names) == 1}
+
+    def __call__(self, name: str) -> str:
+        if name in self._exact:
+            return name
+        return self._lowered.get(name.lower(), "")
 
 
 def _names(specs: Sequence[TensorSpec]) -> list[str]:
