@@ -97,10 +97,10 @@ class MetricsActor(SidecarActor):
             kserve = group.add_group("kserve", protocol)
             self._kserve[protocol] = (kserve.counter("requests"), kserve.counter("requestsFailed"))
         # Running sums since start, for KServe's ModelStatistics (whose durations are
-        # cumulative): seconds summed over items, and when the last batch ran.
+        # cumulative): seconds summed over items, and when the last batch ran (clock time).
         self._totals = {"queue_wait_s": 0.0, "compute_item_s": 0.0, "items_executed": 0, "end_to_end_s": 0.0, "written": 0}
         self._last_batch_at: float | None = None
-        self._wall = clock
+        self._clock = clock
         self._per_instance: list[tuple[Counter, Histogram]] = []
         for i in range(executors):
             instance = group.add_group("instance", str(i))
@@ -157,7 +157,7 @@ class MetricsActor(SidecarActor):
                 self._totals["queue_wait_s"] += sum(queue_waits_s)
                 self._totals["compute_item_s"] += compute_s * size
                 self._totals["items_executed"] += size
-                self._last_batch_at = self._wall.now()
+                self._last_batch_at = self._clock.now()
                 self._batches.inc()
                 self._batch_rate.mark_event()
                 if not ok:

@@ -143,14 +143,22 @@ def _by_name(inputs: Sequence[KTensor], specs: Sequence[TensorSpec]) -> dict[str
     return by_name
 
 
+def element_total(name: str, shape: Sequence[int]) -> int:
+    """prod(shape) of a request's tensor (a batch dimension and at most MAX_DIMS
+    more); InvalidTensors if the shape is absurd. Checks dims before walking them."""
+    if len(shape) > MAX_DIMS + 1:
+        raise InvalidTensors(f"input {quote(name)}: shape {quote_shape(shape)} has more than {MAX_DIMS + 1} dims")
+    if any(d < 0 for d in shape):
+        raise InvalidTensors(f"input {quote(name)}: negative dimension in shape {quote_shape(shape)}")
+    n = element_count(shape)
+    if n is None:
+        raise InvalidTensors(f"input {quote(name)}: shape {quote_shape(shape)} is too large")
+    return n
+
+
 def _item_count(t: KTensor, s: TensorSpec) -> int:
     shape, name = t.shape, quote(s.name)
-    if len(shape) > MAX_DIMS + 1:
-        raise InvalidTensors(f"input {name}: shape {quote_shape(shape)} has more than {MAX_DIMS + 1} dims")
-    if any(d < 0 for d in shape):
-        raise InvalidTensors(f"input {name}: negative dimension in shape {quote_shape(shape)}")
-    if element_count(shape) is None:
-        raise InvalidTensors(f"input {name}: shape {quote_shape(shape)} is too large")
+    element_total(s.name, shape)
     item = list(s.shape)
     if list(shape) == item:
         return 1

@@ -15,69 +15,33 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 
 from actors.messages import KServeAnswered, OutcomesCounted
 from actors.session import Outgoing
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.core.kserve_groups import GroupAnswer, GroupError, Groups
 from sidecar.core.kserve_tensors import Items, KTensor, as_items, datatype_of
+from sidecar.core.quote import quote
 from sidecar.core.status import Code, Failure
-from sidecar.core.tensors import InvalidTensors, ModelSpec, TensorSpec
+from sidecar.core.tensors import InvalidTensors, TensorSpec
 from sidecar.rpc.convert import duration, retry_after_s
-from sidecar.server.ingress import Ingress, Stream
+from sidecar.kserve.types import KRequest, KResult, Model
+from sidecar.server.ingress import NOT_READY, Ingress, Stream
 
-DRAINING = Failure(Code.UNAVAILABLE, "the sidecar is draining (shutting down) and takes no new requests; retry on another instance or after it restarts")
-LOADING = Failure(Code.UNAVAILABLE, "the sidecar is starting: the model is not loaded yet; retry shortly")
+# Neither lasts long: a hint keeps retrying clients (Flink's provider on a 503) from spinning.
+UNAVAILABLE_RETRY_S = 1.0
+DRAINING = Failure(
+    Code.UNAVAILABLE,
+    "the sidecar is draining (shutting down) and takes no new requests; retry on another instance or after it restarts",
+    retry_after_s=UNAVAILABLE_RETRY_S,
+)
+LOADING = replace(NOT_READY, retry_after_s=UNAVAILABLE_RETRY_S)
+# A request's own timeout, at most: beyond it a Duration overflows, and no client waits days.
+MAX_TIMEOUT_S = 86_400.0
 _CODES = {int(c): c for c in Code}
 _ALL = 1 << 62  # a take budget no outbox reaches
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Model:
-    """The one model a sidecar serves, as KServe clients name and see it."""
-
-    name: str
-    version: str
-    platform: str  # the backend's name
-    spec: ModelSpec
-    max_batch_size: int
-    instances: int
-    batch_timeout_s: float
-
-    def resolve(self, name: str, version: str) -> Failure | None:
-        """None if `name` / `version` ("" or "latest" meaning the one served) is this model."""
-        if name != self.name:
-            return Failure(Code.NOT_FOUND, f"unknown model {name[:200]!r}; this sidecar serves {self.name!r}")
-        if version not in ("", "latest", self.version):
-            return Failure(
-                Code.NOT_FOUND,
-                f"model {self.name!r} has no version {version[:200]!r}; it serves version {self.version!r} (or 'latest')",
-            )
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class KRequest:
-    """One KServe infer request, whichever protocol carried it."""
-
-    model_name: str
-    model_version: str
-    id: str
-    inputs: Sequence[KTensor]
-    outputs: Sequence[str]  # requested output names; empty: all
-    timeout_s: float | None = None  # the request's own `timeout` parameter
-
-
-@dataclass(frozen=True, slots=True)
-class KResult:
-    """A request's answer: outputs (in the order asked, else the model's) or a failure."""
-
-    id: str
-    outputs: tuple[KTensor, ...] = ()
-    failure: Failure | None = None
 
 
 class Call:
@@ -111,7 +75,7 @@ class Call:
         return self._tags
 
     def _refused(self, tag: int, request_id: str, failure: Failure) -> None:
-        count_refused(self._ingress, None)
+        count_refused(self._ingress, None, "invalid")
         self._finish(tag, KResult(request_id, failure=failure), [])
         self.stream.wake()
 
@@ -124,11 +88,12 @@ class Call:
         try:
             failure = model.resolve(request.model_name, request.model_version)
             if failure is None:
-                items = as_items(request.inputs, request.outputs, model.spec, stream.life.window)
-                if request.timeout_s is not None and not request.timeout_s > 0:
-                    raise InvalidTensors(f"timeout must be positive, got {request.timeout_s * 1e6:g} us")
+                items = as_items(request.inputs, request.outputs, model.spec, min(model.max_items, stream.life.window))
+                timeout = request.timeout_s
+                if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_S:
+                    raise InvalidTensors(f"timeout must be positive and at most {MAX_TIMEOUT_S:g} s, got {timeout:g} s")
         except InvalidTensors as e:
-            failure = Failure(Code.INVALID_ARGUMENT, f"request {request.id[:200]!r}: {e}" if request.id else str(e))
+            failure = Failure(Code.INVALID_ARGUMENT, f"request {quote(request.id)}: {e}" if request.id else str(e))
         if failure is not None:
             self._refused(tag, request.id, failure)
             return tag
@@ -190,6 +155,12 @@ class Call:
         self._finish(tag, self._result(answer, request, items), parts)
 
     def _finish(self, tag: int, result: KResult, parts: list[Outgoing]) -> None:
+        if result.failure is not None and parts:
+            # The client sees one error: the item that failed first is it; the
+            # others (answered or not) never reach anyone, so they count cancelled.
+            first = next((p for p in parts if p[3] != "succeeded"), parts[0])
+            self._ingress.dropped([p for p in parts if p is not first])
+            parts = [first]
         self._ready.append((tag, result, parts))
         self._ingress.count(KServeAnswered(self._protocol, 1, int(result.failure is not None)))
 
@@ -200,6 +171,16 @@ class Call:
         by_name = {s.name: data for s, data in zip(self._model.spec.outputs, answer.outputs)}
         return KResult(request.id, tuple(_tensor(s, items.n, by_name[s.name]) for s in items.outputs))
 
+    def close(self) -> None:
+        """The call is over: what it still holds (parts of requests not complete,
+        answers not written) will never reach the client, so it counts as dropped."""
+        held = [p for parts in self._answers.values() for p in parts]
+        held += [p for _, _, parts in self._ready for p in parts]
+        self._answers.clear()
+        self._ready.clear()
+        self._requests.clear()
+        self._ingress.dropped(held)
+
     def delivered(self, parts: list[Outgoing]) -> None:
         """A result went out: its items count as written (end-to-end latency)."""
         self._ingress.delivered(parts)
@@ -209,11 +190,12 @@ class Call:
         self._ingress.dropped(parts)
 
 
-def count_refused(ingress: Ingress, protocol: str | None) -> None:
-    """A request answered INVALID_ARGUMENT before the session saw it: counted as one
-    received and one invalid (its items were never known), and, given its
-    protocol, as a KServe request that failed (a Call counts its own when done)."""
-    ingress.count(OutcomesCounted((("received", 1), ("invalid", 1))))
+def count_refused(ingress: Ingress, protocol: str | None, outcome: str) -> None:
+    """A request answered before the session saw it (`invalid`: it could not be
+    read; `rejected`: the front end was full) counts as one item received with that
+    outcome, its items never known, and, given its protocol, as a KServe request
+    that failed (a Call counts its own when done)."""
+    ingress.count(OutcomesCounted((("received", 1), (outcome, 1))))
     if protocol is not None:
         ingress.count(KServeAnswered(protocol, 1, 1))
 
@@ -229,8 +211,8 @@ async def infer_once(
     if stream is None:
         return KResult(request.id, failure=DRAINING)
     reason = "client went away"
+    call = Call(ingress, stream, model, protocol, early=True)
     try:
-        call = Call(ingress, stream, model, protocol, early=True)
         call.send(request)
         ingress.read_ended(stream)
         ready = await call.results()
@@ -240,6 +222,7 @@ async def infer_once(
         call.delivered(parts)
         return result
     finally:
+        call.close()
         ingress.close_stream(stream, reason)
 
 

@@ -21,11 +21,13 @@ from google.protobuf.message import DecodeError
 
 from sidecar.api.kserve.v2 import inference_pb2 as kpb
 from sidecar.core.kserve_tensors import KTensor
+from sidecar.core.quote import quote
 from sidecar.core.status import Code, Failure
 from sidecar.core.stream import Phase
 from sidecar.core.tensors import InvalidTensors
 from sidecar.kserve import views
-from sidecar.kserve.calls import DRAINING, LOADING, Call, KRequest, KResult, Model, count_refused, infer_once
+from sidecar.kserve.calls import DRAINING, LOADING, Call, count_refused, infer_once
+from sidecar.kserve.types import KRequest, KResult, Model
 from sidecar.kserve.values import has_contents, raw_from_values, typed_contents
 from sidecar.rpc.convert import to_status
 from sidecar.server.ingress import Ingress
@@ -105,7 +107,7 @@ class KServeGrpcServicer:
         try:
             k = to_request(request)
         except InvalidTensors as e:
-            count_refused(self._ingress, "grpc")
+            count_refused(self._ingress, "grpc", "invalid")
             await _abort(context, Failure(Code.INVALID_ARGUMENT, _about(request.id, e)))
         result = await infer_once(self._ingress, self.model, k, "grpc", context.time_remaining())
         if result.failure is not None:
@@ -130,14 +132,18 @@ class KServeGrpcServicer:
                 for i, (_, result, parts) in enumerate(ready):
                     try:
                         await context.write(_stream_response(result, model))
-                    except BaseException:
+                    except BaseException as e:
                         for _, _, rest in ready[i:]:
                             call.undelivered(rest)
-                        raise
+                        if isinstance(e, asyncio.CancelledError):
+                            raise
+                        log.debug("kserve: write failed on stream %d: %r", stream.id, e)
+                        return
                     call.delivered(parts)
             reason = "stream ended"
         finally:
             reader.cancel()
+            call.close()
             ingress.close_stream(stream, reason)
         end = stream.life.end_status()
         if end is not None:
@@ -172,8 +178,6 @@ class KServeGrpcServicer:
                     call.refuse(message.id, _about(message.id, e))
                     continue
                 call.send(request)
-        except asyncio.CancelledError:
-            raise
         except Exception as e:  # the call broke under the read; the writer finds out on its own
             log.debug("kserve: read failed on stream %d: %r", stream.id, e)
             if life.phase is Phase.OPEN:
@@ -193,18 +197,20 @@ def to_request(m: kpb.ModelInferRequest) -> KRequest:
         shape = tuple(t.shape)
         if raw:
             if has_contents(t.contents):
-                raise InvalidTensors(f"input {t.name[:200]!r}: has both contents and raw_input_contents")
+                raise InvalidTensors(f"input {quote(t.name)}: has both contents and raw_input_contents")
             data = raw[i]
         else:
             values = typed_contents(t.contents, t.datatype)
             if values is None:
                 raise InvalidTensors(
-                    f"input {t.name[:200]!r}: no data (raw_input_contents, or contents for {t.datatype[:20]})"
+                    f"input {quote(t.name)}: no data (raw_input_contents, or contents for {quote(t.datatype)})"
                 )
             data = raw_from_values(t.name, t.datatype, shape, values)
         inputs.append(KTensor(t.name, t.datatype, shape, data))
     timeout = m.parameters.get(TIMEOUT_PARAMETER)
+    # 0, as in Triton, is no timeout of its own.
     timeout_s = timeout.int64_param / 1e6 if timeout is not None and timeout.HasField("int64_param") else None
+    timeout_s = timeout_s or None
     return KRequest(m.model_name, m.model_version, m.id, inputs, [o.name for o in m.outputs], timeout_s)
 
 
@@ -234,7 +240,7 @@ def error_text(failure: Failure) -> str:
 
 
 def _about(request_id: str, e: InvalidTensors) -> str:
-    return f"request {request_id[:200]!r}: {e}" if request_id else str(e)
+    return f"request {quote(request_id)}: {e}" if request_id else str(e)
 
 
 async def _abort(context: Any, failure: Failure) -> None:

@@ -18,25 +18,36 @@ loading or draining (with Retry-After), 504 deadline, 500 the backend failed.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from sidecar.core.kserve_tensors import KTensor
 from sidecar.core.status import Code, Failure
 from sidecar.core.tensors import InvalidTensors
 from sidecar.kserve import views
-from sidecar.kserve.calls import LOADING, KRequest, KResult, Model, count_refused, infer_once
+from sidecar.kserve.calls import LOADING, MAX_TIMEOUT_S, count_refused, infer_once
+from sidecar.kserve.types import KRequest, KResult, Model
 from sidecar.kserve.values import raw_from_values, values_from_raw
 from sidecar.core.quote import clip, quote
 from sidecar.rpc.convert import MAX_MESSAGE_CHARS
 from sidecar.server.ingress import Ingress
 
+log = logging.getLogger(__name__)
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_DECIMAL = re.compile(r"[0-9]{1,12}")
+# JSON past this size is parsed on a worker thread. json.loads holds the GIL while
+# it runs, but converting the values after it does not, so the loop keeps moving.
+PARSE_INLINE_BYTES = 64 * 1024
 STATUS_OF = {
     Code.INVALID_ARGUMENT: 400,
     Code.UNAUTHENTICATED: 401,
@@ -62,6 +73,7 @@ class KServeHttp:
         last_inference_ms: Callable[[dict[str, Any]], int],
         *,
         max_body_bytes: int,
+        max_json_bytes: int,
         max_inflight: int,
         bearer_token: str = "",
     ) -> None:
@@ -71,6 +83,7 @@ class KServeHttp:
         self._last_inference_ms = last_inference_ms
         self._token = f"Bearer {bearer_token}".encode() if bearer_token else None
         self._max_inflight = max_inflight
+        self._max_json = max_json_bytes
         self.inflight = 0
         self.model: Model | None = None
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._errors, self._auth])
@@ -100,13 +113,20 @@ class KServeHttp:
             if e.status < 400:
                 raise
             message = e.text if e.text and not e.text.startswith(str(e.status)) else e.reason
-            return _error_response(e.status, f"{request.method} {request.path[:200]}: {message}", e.headers)
+            return _error_response(e.status, f"{request.method} {quote(request.path)}: {message}", e.headers)
+        except RequestPayloadError as e:  # the body broke on the way in (a corrupt gzip stream, say)
+            return _error_response(400, f"the request body could not be read: {quote(str(e).strip())}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: the client still gets a JSON error, the log the traceback
+            log.exception("kserve http: %s %s failed", request.method, request.path[:200])
+            return _error_response(500, "the sidecar failed to handle this request; it is logged")
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if self._token is None or request.path.startswith("/v2/health/"):
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, self._token):
             why = "no Authorization header" if not given else "the bearer token does not match"
             return _error_response(401, f"this sidecar needs 'Authorization: Bearer <token>': {why}",
@@ -159,7 +179,7 @@ class KServeHttp:
 
     async def _infer(self, request: web.Request) -> web.StreamResponse:
         if self.inflight >= self._max_inflight:
-            count_refused(self._ingress, "http")
+            count_refused(self._ingress, "http", "rejected")
             return _failure_response(Failure(
                 Code.RESOURCE_EXHAUSTED,
                 f"{self.inflight} HTTP infer requests are in flight, the limit (sidecar.kserve.http.max-inflight); "
@@ -174,19 +194,21 @@ class KServeHttp:
 
     async def _infer_one(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        args = (body, request.headers.get(HEADER_LENGTH), request.match_info["model"],
+                request.match_info.get("version", ""), self._max_json)
         try:
-            k, binary = to_request(
-                body, request.headers.get(HEADER_LENGTH), request.match_info["model"],
-                request.match_info.get("version", ""),
-            )
+            if len(body) > PARSE_INLINE_BYTES:
+                k, binary = await asyncio.to_thread(to_request, *args)
+            else:
+                k, binary = to_request(*args)
         except InvalidTensors as e:
-            count_refused(self._ingress, "http")
+            count_refused(self._ingress, "http", "invalid")
             return _error_response(400, clip(str(e), MAX_MESSAGE_CHARS))
         result = await infer_once(self._ingress, self.model, k, "http")
         if result.failure is not None:
             return _failure_response(result.failure)
         response = to_response(result, self.model, binary)
-        if "gzip" in request.headers.get("Accept-Encoding", "") or "deflate" in request.headers.get("Accept-Encoding", ""):
+        if _accepts_compression(request.headers.get("Accept-Encoding", "")):
             response.enable_compression()
         return response
 
@@ -200,26 +222,42 @@ class _Failed(Exception):
 
 
 class Binary:
-    """Which outputs go back as binary data: by name, else the request's default."""
+    """Which outputs go back as binary data: by name (as the client spelled it, or
+    that lower-cased, as names are matched), else the request's default."""
 
     def __init__(self, default: bool, by_name: dict[str, bool]) -> None:
-        self.default, self.by_name = default, by_name
+        self.default = default
+        self.by_name = {**{k.lower(): v for k, v in by_name.items()}, **by_name}
 
     def __call__(self, name: str) -> bool:
-        return self.by_name.get(name, self.default)
+        return self.by_name.get(name, self.by_name.get(name.lower(), self.default))
 
 
-def to_request(body: bytes, header_length: str | None, model: str, version: str) -> tuple[KRequest, Binary]:
+def _accepts_compression(accept: str) -> bool:
+    """gzip or deflate offered, and not with q=0."""
+    for part in accept.lower().split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip() in ("gzip", "deflate") and params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000"):
+            return True
+    return False
+
+
+def to_request(
+    body: bytes, header_length: str | None, model: str, version: str, max_json_bytes: int
+) -> tuple[KRequest, Binary]:
     """An infer body (JSON, then binary tensors if `header_length` is given) as the
     front ends' common form; InvalidTensors says what is wrong with it."""
     json_part, binary = body, b""
     if header_length is not None:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise InvalidTensors(
-                f"{HEADER_LENGTH} is {quote(header_length[:40])}, but the body has {len(body)} bytes"
-            )
+        if not _DECIMAL.fullmatch(header_length.strip()) or int(header_length) > len(body):
+            raise InvalidTensors(f"{HEADER_LENGTH} is {quote(header_length)}, but the body has {len(body)} bytes")
         n = int(header_length)
         json_part, binary = body[:n], body[n:]
+    if len(json_part) > max_json_bytes:
+        raise InvalidTensors(
+            f"the request's JSON is {len(json_part):,} bytes, more than {max_json_bytes:,} "
+            "(sidecar.kserve.http.max-json-size); send large tensors as binary data (binary_data_size)"
+        )
     try:
         doc = json.loads(json_part)
     except (ValueError, RecursionError) as e:
@@ -244,12 +282,25 @@ def to_request(body: bytes, header_length: str | None, model: str, version: str)
         outputs.append(entry["name"])
         wants = _field(entry, "parameters", dict, {}).get("binary_data")
         if wants is not None:
-            binary_by_name[entry["name"]] = bool(wants)
+            binary_by_name[entry["name"]] = _flag(wants, f"outputs[{i}].parameters.binary_data")
     timeout = parameters.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
-        raise InvalidTensors(f"parameter 'timeout' must be a number of microseconds, not {quote(str(timeout)[:40])}")
-    k = KRequest(model, version, request_id, tensors, outputs, None if timeout is None else timeout / 1e6)
-    return k, Binary(bool(parameters.get("binary_data_output", False)), binary_by_name)
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout <= MAX_TIMEOUT_S * 1e6
+    ):
+        raise InvalidTensors(
+            f"parameter 'timeout' must be a number of microseconds from 0 to {MAX_TIMEOUT_S * 1e6:.0f}, "
+            f"not {quote(str(timeout))}"
+        )
+    # 0, as in Triton, is no timeout of its own.
+    k = KRequest(model, version, request_id, tensors, outputs, timeout / 1e6 if timeout else None)
+    default = _flag(parameters.get("binary_data_output", False), "parameters.binary_data_output")
+    return k, Binary(default, binary_by_name)
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidTensors(f"{where} must be true or false, not {quote(json.dumps(value))}")
+    return value
 
 
 def _input(entry: Any, i: int, binary: bytes, offset: int) -> tuple[KTensor, int]:
@@ -274,6 +325,8 @@ def _input(entry: Any, i: int, binary: bytes, offset: int) -> tuple[KTensor, int
         return KTensor(name, datatype, tuple(shape), binary[offset : offset + size]), offset + size
     if "data" not in entry:
         raise InvalidTensors(f"input {quote(name)}: no 'data' and no binary_data_size")
+    if not isinstance(entry["data"], list):
+        raise InvalidTensors(f"input {quote(name)}: 'data' must be a JSON array")
     return KTensor(name, datatype, tuple(shape), raw_from_values(name, datatype, shape, entry["data"])), offset
 
 
@@ -303,7 +356,11 @@ def to_response(result: KResult, model: Model | None, binary: Binary) -> web.Res
             out["data"] = values_from_raw(t.datatype, t.data)
         outputs.append(out)
     head["outputs"] = outputs
-    text = json.dumps(head, separators=(",", ":")).encode()
+    try:
+        text = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:  # NaN or infinity: JSON has no spelling for them
+        return _error_response(500, "an output holds NaN or infinity, which JSON cannot carry; ask for it as "
+                                    "binary data (\"parameters\": {\"binary_data\": true})")
     if not tail:
         return web.Response(body=text, content_type=JSON)
     return web.Response(body=b"".join([text, *tail]), content_type=BINARY, headers={HEADER_LENGTH: str(len(text))})

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.core.kserve_tensors import DATATYPES, check_datatype
+from sidecar.core.kserve_tensors import DATATYPES, check_datatype, element_total
 from sidecar.core.quote import quote, quote_shape
-from sidecar.core.tensors import DTYPES, MAX_DIMS, InvalidTensors, element_count
+from sidecar.core.tensors import DTYPES, InvalidTensors
 
 # gRPC InferTensorContents field per datatype (the protocol's table).
 CONTENTS_FIELD = {
@@ -23,18 +23,6 @@ CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
-
-
-def element_total(name: str, shape: Sequence[int]) -> int:
-    """prod(shape) for a tensor the protocol describes; InvalidTensors if absurd."""
-    if len(shape) > MAX_DIMS + 1:
-        raise InvalidTensors(f"input {quote(name)}: shape {quote_shape(shape)} has more than {MAX_DIMS + 1} dims")
-    if any(d < 0 for d in shape):
-        raise InvalidTensors(f"input {quote(name)}: negative dimension in shape {quote_shape(shape)}")
-    n = element_count(shape)
-    if n is None:
-        raise InvalidTensors(f"input {quote(name)}: shape {quote_shape(shape)} is too large")
-    return n
 
 
 def raw_from_values(name: str, datatype: str, shape: Sequence[int], values: Any) -> bytes:

@@ -8,13 +8,12 @@ from typing import Any
 
 from sidecar import __version__
 from sidecar.core.kserve_tensors import datatype_of
-from sidecar.kserve.calls import Model
+from sidecar.kserve.types import Model
 
 SERVER_NAME = "gpu-sidecar"
 # Triton's extension names for what is served: perf_analyzer reads server-side
 # statistics only when `statistics` is listed.
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "parameters")
-# The counts `statistics` reads off the metrics actor (actors/metrics.py GetCounts).
 NS = 1e9
 
 

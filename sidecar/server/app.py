@@ -33,7 +33,7 @@ from sidecar.backends.base import Backend
 from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import SidecarConfig
 from sidecar.kserve import grpc_service as kserve_grpc
-from sidecar.kserve.calls import Model
+from sidecar.kserve.types import Model
 from sidecar.kserve.http_app import KServeHttp
 from sidecar.logs import event
 from sidecar.metrics.group import root_group
@@ -159,7 +159,8 @@ class SidecarServer:
         if "http" in config.kserve_protocols:
             self._kserve_http = KServeHttp(
                 self._ingress, ready, self._metric_counts, self._last_inference_ms,
-                max_body_bytes=config.max_message_bytes, max_inflight=config.kserve_http_max_inflight,
+                max_body_bytes=config.max_message_bytes, max_json_bytes=config.kserve_http_max_json,
+                max_inflight=config.kserve_http_max_inflight,
                 bearer_token=config.kserve_http_token,
             )
         self.health.add_to_server(server)
@@ -242,7 +243,8 @@ class SidecarServer:
         info = self._pipeline.info
         self._servicer.model_info = model_info_message(backends[0].name, info, self._pipeline.batch_size, config)
         model = Model(config.model_name, str(config.model_version), backends[0].name, info.spec,
-                      self._pipeline.batch_size, config.instances, config.batch_timeout_s)
+                      self._pipeline.batch_size, config.instances, config.batch_timeout_s,
+                      max_items=min(config.max_outstanding, config.max_queue_length, config.max_per_stream or 1 << 62))
         for front in (self._kserve_grpc, self._kserve_http):
             if front is not None:
                 front.model = model

@@ -185,7 +185,7 @@ def test_a_stream_client_that_goes_away_leaves_nothing_behind():
                 await eventually(lambda: server._ingress.open_streams == 0, "the stream to close")
             gate.open.set()
             counts = await settled_counts(server)
-            assert counts["outcomes"]["received"] == 30 and counts["inflight"] == 0
-            assert counts["outcomes"].get("cancelled", 0) >= 28  # all but the batch in the backend
+            # Nothing reached the client: the batch in the backend too is answered after it left.
+            assert counts["outcomes"] == {"received": 30, "cancelled": 30}
 
     run(go())

@@ -170,6 +170,8 @@ def test_past_max_inflight_a_request_is_answered_503_before_its_body_is_read():
             assert "retry-after" in refused.headers
             gate.open.set()
             assert [a.status for a in await asyncio.gather(*held)] == [200, 200]
+            counts = await settled_counts(server)
+            assert counts["outcomes"] == {"received": 3, "succeeded": 2, "rejected": 1}
 
     run(go())
 
