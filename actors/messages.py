@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
 
@@ -45,7 +45,6 @@ from sidecar.core.status import Failure
 
 if TYPE_CHECKING:
     from sidecar.backends.base import BackendInfo
-    from sidecar.server.executor_pool import ExecutorPool
 
 __all__ = [
     "AbandonAll",
@@ -65,6 +64,7 @@ __all__ = [
     "ExecutorLoaded",
     "ExecutorReleased",
     "ExecutorUp",
+    "Executors",
     "FailRequests",
     "FlushMetrics",
     "GetCounts",
@@ -94,8 +94,26 @@ class Peers:
     session: pykka.ActorRef[Any]
     admission: pykka.ActorRef[Any]
     batcher: pykka.ActorRef[Any]
-    executors: ExecutorPool
+    executors: Executors
     metrics: pykka.ActorRef[Any]
+
+
+class Executors(Protocol):
+    """What the batcher actor needs of the executor instances, defined on the actors'
+    side: the server's ExecutorPool (sidecar/server/executor_pool.py) provides it,
+    so the actors never import the server layer that starts them."""
+
+    def ref(self, index: int) -> pykka.ActorRef[Any]:
+        """The instance's current actor."""
+        ...
+
+    def replace(self, index: int, incarnation: int) -> None:
+        """Retires the instance's actor and starts a fresh one under `incarnation`."""
+        ...
+
+    def retire(self, index: int) -> None:
+        """What the instance's actor finishes from now on is dropped."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 
 from actors.base import SidecarActor
@@ -50,10 +50,17 @@ from sidecar.rpc.convert import batch_items, error_response, ok_response, output
 
 log = logging.getLogger(__name__)
 
-# One answer on its way to a stream: (wire response, received_at, completed_at,
-# the outcome it was counted as). The outcome travels with it, so that an answer
-# that can no longer be written is moved from exactly the counter it went into.
-Outgoing = tuple[Any, float, float, str | None]
+
+class Outgoing(NamedTuple):
+    """One answer on its way to a stream. The outcome travels with it, so that an
+    answer that can no longer be written is moved from exactly the counter it went
+    into. A NamedTuple: one is built per answer on the hot path."""
+
+    response: Any  # the wire InferResponse
+    received_at: float
+    completed_at: float
+    outcome: str | None  # the counter it was counted in; None: counted nowhere (no pipeline yet)
+
 # Answers grouped by stream id, and cancels that named nothing in flight.
 Deliver = Callable[[dict[int, list[Outgoing]], dict[int, list[int]]], None]
 
@@ -213,7 +220,7 @@ class SessionActor(SidecarActor):
                 if pending is not None and pending[0] == received_at:
                     del ids[request_id]  # taken in just before the failure: not sent on
                 response = error_response(request_id, failure)
-                out.setdefault(item.stream, []).append((response, received_at, received_at, "failed"))
+                out.setdefault(item.stream, []).append(Outgoing(response, received_at, received_at, "failed"))
         n = sum(len(v) for v in out.values())
         self._emit(out, Counter({"received": n, "failed": n}), {})
 
@@ -245,7 +252,7 @@ class SessionActor(SidecarActor):
                     if code is not Code.CANCELLED:  # it ran to the end; the client asked not to get it
                         response, code = error_response(request.request_id, CANCELLED_BY_CLIENT), Code.CANCELLED
                 outcome = OUTCOME_BY_CODE[code]
-                out.setdefault(request.stream, []).append((response, request.received_at, completed_at, outcome))
+                out.setdefault(request.stream, []).append(Outgoing(response, request.received_at, completed_at, outcome))
                 counts[outcome] += 1
             elif uid in self._gone:
                 self._gone.discard(uid)
@@ -273,7 +280,7 @@ class SessionActor(SidecarActor):
         for stream, ids in self._inflight.items():
             if ids:
                 out[stream] = [
-                    (error_response(i, failure), received_at, now, "failed") for i, (received_at, _) in ids.items()
+                    Outgoing(error_response(i, failure), received_at, now, "failed") for i, (received_at, _) in ids.items()
                 ]
                 self._abandoned.update(uid for _, uid in ids.values())
                 ids.clear()
@@ -301,5 +308,5 @@ def _refuse(
     """Answers these requests INVALID_ARGUMENT at once, saying why; counted invalid."""
     failure, answers = Failure(Code.INVALID_ARGUMENT, why), out.setdefault(stream, [])
     for request_id in request_ids:
-        answers.append((error_response(request_id, failure), at, at, "invalid"))
+        answers.append(Outgoing(error_response(request_id, failure), at, at, "invalid"))
     counts["invalid"] += len(request_ids)

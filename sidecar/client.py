@@ -57,9 +57,9 @@ from sidecar.core.tensors import DTYPES
 from sidecar.packing import MIN_BATCH, Row, encode, pack, row_of
 from sidecar.reconnect import ReconnectPolicy
 from sidecar.retry import RetryPolicy
-from sidecar.rpc.convert import duration, retry_after_s
-from sidecar.server.endpoint import grpc_address
+from sidecar.endpoint import grpc_address
 from sidecar.window import DEFAULT_MAX_IN_FLIGHT, window_from_limits
+from sidecar.wire import duration, retry_after_s
 
 Arrays = Mapping[str, np.ndarray]
 

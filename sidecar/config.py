@@ -15,7 +15,7 @@ from typing import Any
 
 from sidecar.core.admission import AdmissionLimits
 from sidecar.core.batcher import BatchLimits, Dispatch
-from sidecar.server.endpoint import grpc_address
+from sidecar.endpoint import grpc_address
 from sidecar.units import DURATION_SYNTAX, SIZE_SYNTAX, format_duration, format_size, parse_duration, parse_size
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.packing import pack, row_of
-from sidecar.rpc.convert import duration
+from sidecar.wire import duration
 
 
 def submitted(specs: list[tuple[dict, float | None, bool]]) -> tuple[list[int], list[pb.InferRequest], dict]:

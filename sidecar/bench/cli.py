@@ -29,7 +29,7 @@ from sidecar.bench.pool import LoadError
 from sidecar.bench.run import NotASidecar, Plan, run
 from sidecar.bench.spec import Load
 from sidecar.bench.sweep import parse_sweep
-from sidecar.server.endpoint import grpc_address
+from sidecar.endpoint import grpc_address
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_COULD_NOT_RUN = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # as a shell reports SIGINT

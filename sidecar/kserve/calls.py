@@ -25,7 +25,7 @@ from sidecar.core.kserve_tensors import Items, KTensor, as_items, datatype_of
 from sidecar.core.quote import quote
 from sidecar.core.status import Code, Failure
 from sidecar.core.tensors import InvalidTensors, TensorSpec
-from sidecar.rpc.convert import duration, retry_after_s
+from sidecar.wire import duration, retry_after_s
 from sidecar.kserve.types import KRequest, KResult, Model
 from sidecar.server.ingress import NOT_READY, Ingress, Stream
 
@@ -129,7 +129,7 @@ class Call:
             await stream.wakeup.wait()
 
     def _take(self, outgoing: Outgoing) -> None:
-        response = outgoing[0]
+        response = outgoing.response
         request_id = response.request_id
         try:
             tag = self._groups.tag(request_id)
@@ -158,7 +158,7 @@ class Call:
         if result.failure is not None and parts:
             # The client sees one error: the item that failed first is it; the
             # others (answered or not) never reach anyone, so they count cancelled.
-            first = next((p for p in parts if p[3] != "succeeded"), parts[0])
+            first = next((p for p in parts if p.outcome != "succeeded"), parts[0])
             self._ingress.dropped([p for p in parts if p is not first])
             parts = [first]
         self._ready.append((tag, result, parts))

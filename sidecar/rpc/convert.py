@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
@@ -14,6 +14,7 @@ from sidecar.core.request import Request
 from sidecar.core.status import Failure
 from sidecar.core.tensors import InvalidTensors, TensorSpec, batch_input_bytes, input_bytes
 from sidecar.metrics.registry import MetricValue
+from sidecar.wire import duration
 
 # The longest error message an answer carries. Messages that quote a client's text
 # quote it short already (sidecar/core/quote.py: a few hundred characters whatever
@@ -93,22 +94,6 @@ def to_status(failure: Failure) -> status_pb2.Status:
         detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration(failure.retry_after_s)))
         status.details.append(detail)
     return status
-
-
-def retry_after_s(status: status_pb2.Status) -> float | None:
-    """The RetryInfo delay a status carries, if any."""
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-    return None
-
-
-def duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
 
 
 def metrics_snapshot(values: Iterable[MetricValue]) -> pb.MetricsSnapshot:

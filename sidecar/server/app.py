@@ -41,7 +41,7 @@ from sidecar.metrics.registry import MetricRegistry
 from sidecar.metrics.reporters.base import MetricReporter
 from sidecar.metrics.reporters.factory import create_reporters
 from sidecar.metrics.reporters.prometheus import PrometheusReporter
-from sidecar.server.endpoint import grpc_address, unix_socket_path
+from sidecar.endpoint import grpc_address, unix_socket_path
 from sidecar.server.health import SERVICE, Health
 from sidecar.server.ingress import Ingress
 from sidecar.server.pipeline import Pipeline, start_pipeline

@@ -147,7 +147,7 @@ class Ingress:
             now = self._clock.now()
             # Not counted: no pipeline, no metrics yet.
             ids = [r.request_id for r in requests] + [i for b in batches for i in b.request_ids]
-            stream.life.answered([(error_response(i, NOT_READY), now, now, None) for i in ids])
+            stream.life.answered([Outgoing(error_response(i, NOT_READY), now, now, None) for i in ids])
             stream.life.unknown_cancels(cancels)
             stream.wake()
             return
@@ -214,8 +214,8 @@ class Ingress:
         if self._metrics is None or not sent:
             return
         now = self._clock.now()
-        self._end_to_end.extend([now - r for _, r, _, _ in sent])
-        self._delivery.extend([now - c for _, _, c, _ in sent])
+        self._end_to_end.extend([now - a.received_at for a in sent])
+        self._delivery.extend([now - a.completed_at for a in sent])
         if not self._written_flush_scheduled:
             self._written_flush_scheduled = True
             self._loop.call_soon(self._flush_written)
@@ -274,6 +274,6 @@ class Ingress:
         """The session counted these answers, but their client will never see them."""
         if not answers or self._metrics is None:
             return
-        outcomes = Counter(outcome for _, _, _, outcome in answers if outcome is not None)
+        outcomes = Counter(a.outcome for a in answers if a.outcome is not None)
         if outcomes and self._to_metrics is not None:
             self._to_metrics.tell(AnswersDropped(tuple(outcomes.items())))

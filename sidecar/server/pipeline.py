@@ -30,6 +30,7 @@ class Pipeline:
     peers: Peers
     info: BackendInfo
     batch_size: int  # the smaller of the config's and the backend's limit
+    pool: ExecutorPool  # the same executors as peers.executors, with the wiring's own calls
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
         """Asks every actor to stop and waits up to `timeout_s` in all.
@@ -39,8 +40,8 @@ class Pipeline:
         """
         p = self.peers
         refs = {"session": p.session, "admission": p.admission, "batcher": p.batcher, "metrics": p.metrics}
-        p.executors.retire_all()  # what they finish from now on is dropped
-        refs.update({f"executor {i}": ref for i, ref in enumerate(p.executors.refs())})
+        self.pool.retire_all()  # what they finish from now on is dropped
+        refs.update({f"executor {i}": ref for i, ref in enumerate(self.pool.refs())})
         futures = {name: ref.stop(block=False) for name, ref in refs.items()}
         deadline = time.monotonic() + timeout_s
         stuck = []
@@ -102,7 +103,7 @@ def start_pipeline(
     pool.peers = peers
     for ref in started:
         ref.tell(Connect(peers))
-    return Pipeline(peers, info, limits.max_batch_size)
+    return Pipeline(peers, info, limits.max_batch_size, pool)
 
 
 def _cannot_replace() -> Backend:

@@ -18,7 +18,8 @@ from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
 from sidecar.backends.base import BackendInfo
 from sidecar.config import SidecarConfig
 from sidecar.metrics.registry import MetricRegistry
-from sidecar.rpc.convert import duration, metrics_snapshot, tensor_spec
+from sidecar.rpc.convert import metrics_snapshot, tensor_spec
+from sidecar.wire import duration
 from sidecar.core.stream import Phase
 from sidecar.logs import Throttle, event
 from sidecar.server.ingress import Ingress, Stream, batch_item_count
@@ -114,7 +115,7 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                 await stream.wakeup.wait()
                 continue
             taken = life.take(budget, _packed_size)
-            message = pb.InferStreamResponse(responses=[a[0] for a in taken.answers], unknown_cancels=taken.cancels)
+            message = pb.InferStreamResponse(responses=[a.response for a in taken.answers], unknown_cancels=taken.cancels)
             try:
                 await context.write(message)
             except BaseException as e:
@@ -261,4 +262,4 @@ def _refuse(ingress: Ingress, stream: Stream, frame: int, why: str) -> None:
 
 
 def _packed_size(answer: Outgoing) -> int:
-    return answer[0].ByteSize() + RESPONSE_FRAMING_BYTES
+    return answer.response.ByteSize() + RESPONSE_FRAMING_BYTES
