@@ -51,6 +51,7 @@ from sidecar.core.batcher import (
     Event,
     ExecutorGivenUp,
     Fatal,
+    OffTable,
     ReloadScheduled,
     ReplaceExecutor,
 )
@@ -199,6 +200,9 @@ class BatcherActor(SidecarActor):
                 self._on_fatal(reason)
             case Drained():
                 self._on_drained()
+            case OffTable(before, event, after):
+                log.error("batcher: %s took %s to %s, outside its transition table (a bug)", event, before.name,
+                          after.name)
 
 
 class _Outboxes:

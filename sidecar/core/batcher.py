@@ -14,29 +14,23 @@ and three flags, never stored on its own:
                 none that can come back; all queued and arriving requests are answered
                 UNAVAILABLE and the shell ends the process; final
 
-Transition table (event -> next state; actions in brackets: D = DispatchBatch,
-F = FailRequests, R = ReplaceExecutor, X = Fatal; ArmTimer, QueueReleased,
-CapacityChanged, ServiceRate, ReloadScheduled and ExecutorGivenUp follow any step
-that changes what they report; CapacityChanged comes first, before the failures a
-lost executor causes, so that readiness turns before clients hear of them).
-Down = ExecutorDown, Up = ExecutorUp, LoadFailed = ExecutorLoadFailed,
-Released = ExecutorReleased:
+The transition table is TRANSITIONS, below the events: data the code runs
+(every step is checked against it) and the property test and
+docs/architecture.md read. Each cell gives the states an event may lead to and
+the actions it may answer (D = DispatchBatch, F = FailRequests, R =
+ReplaceExecutor, X = Fatal). ArmTimer, QueueReleased, CapacityChanged,
+ServiceRate, ReloadScheduled and ExecutorGivenUp follow any step that changes
+what they report. CapacityChanged comes first, before the failures a lost
+executor causes, so that readiness turns before clients hear of them. Rules 1-5
+below run after any event in a live state (AFTER_ANY_EVENT); the table shows
+them on TimerFired. In short:
 
-    state \\ event  RequestsAdmitted  TimerFired        ExecutorFree      Down              Up                LoadFailed        Released          Withdraw          Drain
-    IDLE           COLLECTING|IDLE   COLLECTING|IDLE   IDLE              IDLE|FAILED       IDLE              IDLE|FAILED       IDLE              IDLE              DRAINING|CLOSED
-                   [D, F]            |FAILED           (*)               [F, R, X]                           [X]
-                                     [D, F, R, X] (**)
-    COLLECTING     COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   COLLECTING|IDLE   DRAINING|CLOSED
-                   [D, F]            |FAILED           [D, F]            |FAILED           [D, F]            |FAILED [F, X]    [F]               [F]               [D, F]
-                                     [D, F, R, X]                        [D, F, R, X]
-    DRAINING       DRAINING [D, F]   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING|CLOSED   DRAINING
-                                     |FAILED           [D, F]            |FAILED           [D, F]            |FAILED [F, X]    [F]               [F]
-                                     [D, F, R, X]                        [D, F, R, X]
-    CLOSED         CLOSED [F]        CLOSED            BatcherError      CLOSED            CLOSED            CLOSED            CLOSED            CLOSED            CLOSED
-    FAILED         FAILED [F]        FAILED            FAILED|BatcherError FAILED          FAILED            FAILED            FAILED            FAILED            FAILED
+    IDLE --RequestsAdmitted--> COLLECTING --dispatch--> IDLE
+    IDLE | COLLECTING --Drain--> DRAINING --queue empty, nothing in flight--> CLOSED
+    any live state --too many hung, or no instance left--> FAILED
 
-(*) ExecutorFree is a BatcherError in any state when the executor has no batch in
-flight (see below). (**) IDLE means nothing queued, but batches may be in flight:
+ExecutorFree is a BatcherError in any state when the executor has no batch in
+flight (see below). IDLE means nothing queued, but batches may be in flight:
 a hung executor's waiting batches go back to the queue (COLLECTING) when the
 watchdog takes it down. In IDLE and COLLECTING, RequestsAdmitted's F includes the
 UNAVAILABLE answer given at once when no executor is up (rule 5).
@@ -266,6 +260,76 @@ Event = (
 )
 
 
+# ---- the transition table, as data --------------------------------------------------
+
+ERROR = "BatcherError"  # in a cell: the event may be refused (BatcherError), nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """What one event may do in one state: the states it may lead to, and the
+    actions it may answer with (D DispatchBatch, F FailRequests, R ReplaceExecutor,
+    X Fatal; the reporting actions may follow any step)."""
+
+    to: tuple[State | str, ...]
+    actions: str = ""
+
+
+_ANY = (RequestsAdmitted, TimerFired, ExecutorFree, ExecutorDown, ExecutorUp, ExecutorLoadFailed, ExecutorReleased,
+        Withdraw, Drain)
+
+# The table of this module's header, as the code runs it: `handle` refuses an event
+# with no cell, and answers OffTable for a step that lands outside its cell and
+# AFTER_ANY_EVENT (a bug, which the actor logs). The property test and
+# docs/architecture.md's table read it here (tests/core/test_batcher_table.py).
+TRANSITIONS: dict[tuple[State, type], Cell] = {
+    (State.IDLE, RequestsAdmitted): Cell((State.COLLECTING, State.IDLE), "D, F"),
+    (State.IDLE, TimerFired): Cell((State.COLLECTING, State.IDLE, State.FAILED), "D, F, R, X"),
+    (State.IDLE, ExecutorFree): Cell((State.IDLE, ERROR)),
+    (State.IDLE, ExecutorDown): Cell((State.IDLE, State.FAILED), "F, R, X"),
+    (State.IDLE, ExecutorUp): Cell((State.IDLE,)),
+    (State.IDLE, ExecutorLoadFailed): Cell((State.IDLE, State.FAILED), "X"),
+    (State.IDLE, ExecutorReleased): Cell((State.IDLE,)),
+    (State.IDLE, Withdraw): Cell((State.IDLE,)),
+    (State.IDLE, Drain): Cell((State.DRAINING, State.CLOSED)),
+    (State.COLLECTING, RequestsAdmitted): Cell((State.COLLECTING, State.IDLE), "D, F"),
+    (State.COLLECTING, TimerFired): Cell((State.COLLECTING, State.IDLE, State.FAILED), "D, F, R, X"),
+    (State.COLLECTING, ExecutorFree): Cell((State.COLLECTING, State.IDLE, ERROR), "D, F"),
+    (State.COLLECTING, ExecutorDown): Cell((State.COLLECTING, State.IDLE, State.FAILED), "D, F, R, X"),
+    (State.COLLECTING, ExecutorUp): Cell((State.COLLECTING, State.IDLE), "D, F"),
+    (State.COLLECTING, ExecutorLoadFailed): Cell((State.COLLECTING, State.IDLE, State.FAILED), "F, X"),
+    (State.COLLECTING, ExecutorReleased): Cell((State.COLLECTING, State.IDLE), "F"),
+    (State.COLLECTING, Withdraw): Cell((State.COLLECTING, State.IDLE), "F"),
+    (State.COLLECTING, Drain): Cell((State.DRAINING, State.CLOSED), "D, F"),
+    (State.DRAINING, RequestsAdmitted): Cell((State.DRAINING,), "D, F"),
+    (State.DRAINING, TimerFired): Cell((State.DRAINING, State.CLOSED, State.FAILED), "D, F, R, X"),
+    (State.DRAINING, ExecutorFree): Cell((State.DRAINING, State.CLOSED, ERROR), "D, F"),
+    (State.DRAINING, ExecutorDown): Cell((State.DRAINING, State.CLOSED, State.FAILED), "D, F, R, X"),
+    (State.DRAINING, ExecutorUp): Cell((State.DRAINING, State.CLOSED), "D, F"),
+    (State.DRAINING, ExecutorLoadFailed): Cell((State.DRAINING, State.CLOSED, State.FAILED), "F, X"),
+    (State.DRAINING, ExecutorReleased): Cell((State.DRAINING, State.CLOSED), "F"),
+    (State.DRAINING, Withdraw): Cell((State.DRAINING, State.CLOSED), "F"),
+    (State.DRAINING, Drain): Cell((State.DRAINING,)),
+    **{(State.CLOSED, e): Cell((State.CLOSED,)) for e in _ANY},
+    (State.CLOSED, RequestsAdmitted): Cell((State.CLOSED,), "F"),
+    (State.CLOSED, ExecutorFree): Cell((ERROR,)),
+    **{(State.FAILED, e): Cell((State.FAILED,)) for e in _ANY},
+    (State.FAILED, RequestsAdmitted): Cell((State.FAILED,), "F"),
+    (State.FAILED, ExecutorFree): Cell((State.FAILED, ERROR)),
+}
+
+# Rules 1-5 run after every event in a live state, whatever it was: the watchdog
+# may put a hung executor's waiting batches back in the queue, the fatal check may
+# fail the batcher for good, expiry may empty a draining queue. The table shows
+# them on TimerFired (the event that brings the time on in tests); these are the
+# states they can reach from any event.
+AFTER_ANY_EVENT: dict[State, tuple[State, ...]] = {
+    State.IDLE: (State.COLLECTING, State.FAILED),
+    State.COLLECTING: (State.FAILED,),
+    State.DRAINING: (State.CLOSED, State.FAILED),
+}
+
+
 # ---- actions ------------------------------------------------------------------------
 
 
@@ -349,8 +413,19 @@ class Drained:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class OffTable:
+    """A step landed outside its TRANSITIONS cell: a bug. Its actions still stand
+    (dropping them would leave requests unanswered); the shell logs this."""
+
+    before: State
+    event: str
+    after: State
+
+
 Action = (
-    DispatchBatch
+    OffTable
+    | DispatchBatch
     | FailRequests
     | ArmTimer
     | QueueReleased
@@ -465,6 +540,10 @@ class Batcher:
     # ---- the one entry point ----------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Action]:
+        before = self.state
+        cell = TRANSITIONS.get((before, type(event)))
+        if cell is None:
+            raise BatcherError(f"unknown event {event!r}")
         actions: list[Action] = []
         live = not self._closed and self._fatal is None
         slots = self._slots
@@ -497,8 +576,6 @@ class Batcher:
                 self._withdraw(keys, reason, actions)
             case Drain():
                 self._draining = True
-            case _:
-                raise BatcherError(f"unknown event {event!r}")
         if live:
             self._watchdog(now, actions)  # first: what it puts back may have expired meanwhile
             self._reload(now, actions)
@@ -511,6 +588,8 @@ class Batcher:
                     self._closed = True
                     actions.append(Drained())
         self._report(actions)
+        if (after := self.state) not in cell.to and after not in AFTER_ANY_EVENT.get(before, ()):
+            actions.append(OffTable(before, type(event).__name__, after))
         return actions
 
     # ---- transitions ------------------------------------------------------------------
