@@ -3,7 +3,8 @@
 Messages are frozen, slotted dataclasses; hot-path messages carry lists of
 requests, never one. Where a core event or action already says exactly what a
 message must say, it travels as is (re-exported below) instead of being copied
-into a twin class.
+into a twin class. They carry core types only: requests come in as Arrivals and
+answers leave as Answers (sidecar/core/); no wire format reaches an actor.
 
 Flow:  ingress -RequestsReceived-> session -AdmitRequests-> admission
        admission -RequestsAdmitted-> batcher -DispatchBatch-> executor
@@ -40,7 +41,7 @@ from sidecar.core.batcher import (
     TimerFired,
     Withdraw,
 )
-from sidecar.core.request import Request
+from sidecar.core.request import Arrival, Request
 from sidecar.core.status import Failure
 
 if TYPE_CHECKING:
@@ -129,10 +130,9 @@ class StreamInput:
     """What one stream sent in one event-loop pass."""
 
     stream: int
-    requests: Sequence[Any]  # wire InferRequest messages, converted and validated by the session
+    arrivals: Sequence[Arrival]  # its requests, checked against the model by the edge that read them
     cancels: Sequence[int]  # request ids to cancel
     deadline: float  # the stream's own gRPC deadline (absolute), math.inf if none
-    batches: Sequence[Any] = ()  # wire InferBatch messages: items in batch-major form
 
 
 @dataclass(frozen=True, slots=True)

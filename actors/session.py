@@ -2,9 +2,12 @@
 
 One actor serves all streams so that what the event loop read from all of them in
 one pass travels on as one message (measured: an actor woken per request saw lists
-of ~1.5; one fed per loop pass saw 4-13). It turns wire requests into core
-requests (answering bad ones INVALID_ARGUMENT at once), remembers which ids are in
-flight on which stream, and routes every answer back to its stream, exactly once.
+of ~1.5; one fed per loop pass saw 4-13). It turns the arrivals the edge checked
+into requests with uids and deadlines (answering refused ones and ids already in
+flight INVALID_ARGUMENT at once), remembers which ids are in flight on which
+stream, and routes every answer back to its stream, exactly once. It speaks core
+types only: answers leave as `Answer`s, and the edge that owns each stream's wire
+format converts them.
 
 Every request gets a uid, unique for the server's life; an answer counts only for
 the request with that uid. So a late answer (from a backend that was given up on,
@@ -43,10 +46,9 @@ from actors.messages import (
     Withdraw,
 )
 from sidecar.clock import Clock
+from sidecar.core.answer import Answer, Timing
 from sidecar.core.request import Request
 from sidecar.core.status import Code, Failure
-from sidecar.core.tensors import InvalidTensors, ModelSpec
-from sidecar.rpc.convert import batch_items, error_response, ok_response, output_templates, timing, to_request
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class Outgoing(NamedTuple):
     answer that can no longer be written is moved from exactly the counter it went
     into. A NamedTuple: one is built per answer on the hot path."""
 
-    response: Any  # the wire InferResponse
+    answer: Answer  # a core answer: the edge that owns the stream's wire format converts it
     received_at: float
     completed_at: float
     outcome: str | None  # the counter it was counted in; None: counted nowhere (no pipeline yet)
@@ -78,10 +80,8 @@ CANCELLED_BY_CLIENT = Failure(Code.CANCELLED, "cancelled by the client")
 
 class SessionActor(SidecarActor):
 
-    def __init__(self, spec: ModelSpec, deliver: Deliver, clock: Clock) -> None:
+    def __init__(self, deliver: Deliver, clock: Clock) -> None:
         super().__init__()
-        self._spec = spec
-        self._templates = output_templates(spec.outputs)
         self._deliver = deliver
         self._clock = clock
         self._peers: Peers | None = None
@@ -107,9 +107,9 @@ class SessionActor(SidecarActor):
             case BatchSucceeded(requests, outputs, batch_timing):
                 self._answer(self._successes(requests, outputs, batch_timing), batch_timing.completed_at)
             case BatchFailed(failures, completed_at):
-                self._answer(((r, error_response(r.request_id, f), f.code) for r, f in failures), completed_at)
+                self._answer(((r, Answer(r.request_id, None, f), f.code) for r, f in failures), completed_at)
             case FailRequests(failures):
-                self._answer(((r, error_response(r.request_id, f), f.code) for r, f in failures), self._clock.now())
+                self._answer(((r, Answer(r.request_id, None, f), f.code) for r, f in failures), self._clock.now())
             case StreamClosed(stream, reason):
                 self._stream_closed(stream, reason)
             case AbandonAll(reason):
@@ -142,26 +142,23 @@ class SessionActor(SidecarActor):
         unknown: dict[int, list[int]] = {}
         withdraw: list[tuple[int, int]] = []
         counts: Counter[str] = Counter()
-        specs = self._spec.inputs
+        uids = self._uids
         for item in items:
-            stream = item.stream
+            stream, stream_deadline = item.stream, item.deadline
             ids = self._inflight.setdefault(stream, {})
-            counts["received"] += len(item.requests)
-            for p in item.requests:
-                failure = None
-                if p.request_id in ids:
-                    failure = _in_flight(p.request_id)
+            counts["received"] += len(item.arrivals)
+            for a in item.arrivals:
+                request_id = a.request_id
+                if request_id in ids:
+                    _refuse(out, counts, stream, (request_id,), _in_flight(request_id), received_at)
+                elif a.refused is not None:
+                    _refuse(out, counts, stream, (request_id,), a.refused, received_at)
                 else:
-                    try:
-                        uid = next(self._uids)
-                        accepted.append(to_request(p, stream, received_at, specs, uid=uid, stream_deadline=item.deadline))
-                        ids[p.request_id] = (received_at, uid)
-                    except InvalidTensors as e:
-                        failure = f"request {p.request_id}: {e}"
-                if failure is not None:
-                    _refuse(out, counts, stream, (p.request_id,), failure, received_at)
-            for b in item.batches:
-                self._received_batch(b, item, ids, received_at, accepted, out, counts)
+                    uid = next(uids)
+                    timeout = a.timeout_s
+                    deadline = stream_deadline if timeout is None else min(stream_deadline, received_at + timeout)
+                    accepted.append(Request(stream, request_id, a.inputs, received_at, deadline, a.return_timing, uid))
+                    ids[request_id] = (received_at, uid)
             for request_id in item.cancels:
                 pending = ids.get(request_id)
                 if pending is None:
@@ -177,50 +174,19 @@ class SessionActor(SidecarActor):
             self._to_admission.tell(Withdraw(frozenset(withdraw), CANCELLED_BY_CLIENT.message))
         self._emit(out, counts, unknown)
 
-    def _received_batch(
-        self,
-        b: Any,
-        item: StreamInput,
-        ids: dict[int, tuple[float, int]],
-        received_at: float,
-        accepted: list[Request],
-        out: dict[int, list[Outgoing]],
-        counts: Counter[str],
-    ) -> None:
-        """Items in batch-major form become requests of their own, each holding
-        views of the batch's tensors (no copy). A batch that does not fit the
-        model fails every item; an id already in flight fails only itself."""
-        stream, request_ids = item.stream, b.request_ids
-        counts["received"] += len(request_ids)
-        if not request_ids:
-            return
-        try:
-            rows, deadline = batch_items(b, received_at, self._spec.inputs, item.deadline)
-        except InvalidTensors as e:
-            _refuse(out, counts, stream, request_ids, f"batch of {len(request_ids)} item(s): {e}", received_at)
-            return
-        timing, uids = b.return_timing, self._uids
-        for request_id, row in zip(request_ids, rows):
-            if request_id in ids:
-                _refuse(out, counts, stream, (request_id,), _in_flight(request_id), received_at)
-                continue
-            uid = next(uids)
-            accepted.append(Request(stream, request_id, row, received_at, deadline, timing, uid))
-            ids[request_id] = (received_at, uid)
-
     def _fail_inputs(self, items: Sequence[StreamInput], received_at: float) -> None:
         """Answers INTERNAL every request of a message that could not be taken in."""
         failure = Failure(Code.INTERNAL, "the sidecar failed to take in this request; it was not run")
         out: dict[int, list[Outgoing]] = {}
         for item in items:
             ids = self._inflight.get(item.stream, {})
-            request_ids = [p.request_id for p in item.requests] + [i for b in item.batches for i in b.request_ids]
-            for request_id in request_ids:
+            for a in item.arrivals:
+                request_id = a.request_id
                 pending = ids.get(request_id)
                 if pending is not None and pending[0] == received_at:
                     del ids[request_id]  # taken in just before the failure: not sent on
-                response = error_response(request_id, failure)
-                out.setdefault(item.stream, []).append(Outgoing(response, received_at, received_at, "failed"))
+                answer = Answer(request_id, None, failure)
+                out.setdefault(item.stream, []).append(Outgoing(answer, received_at, received_at, "failed"))
         n = sum(len(v) for v in out.values())
         self._emit(out, Counter({"received": n, "failed": n}), {})
 
@@ -228,20 +194,18 @@ class SessionActor(SidecarActor):
 
     def _successes(
         self, requests: Sequence[Request], outputs: Sequence[tuple[bytes, ...]], batch_timing: BatchTiming
-    ) -> Iterable[tuple[Request, Any, Code]]:
-        templates = self._templates
+    ) -> Iterable[tuple[Request, Answer, Code]]:
         for i, (r, o) in enumerate(zip(requests, outputs)):
-            response = ok_response(r.request_id, o, templates)
+            timing = None
             if r.return_timing:
                 batch = batch_timing.batch
-                queue_wait = batch.dispatched_at - batch.enqueued_at[i]
-                response.timing.CopyFrom(timing(queue_wait, batch_timing.compute_s, len(requests)))
-            yield r, response, Code.OK
+                timing = Timing(batch.dispatched_at - batch.enqueued_at[i], batch_timing.compute_s, len(requests))
+            yield r, Answer(r.request_id, o, None, timing), Code.OK
 
-    def _answer(self, answers: Iterable[tuple[Request, Any, Code]], completed_at: float) -> None:
+    def _answer(self, answers: Iterable[tuple[Request, Answer, Code]], completed_at: float) -> None:
         out: dict[int, list[Outgoing]] = {}
         counts: Counter[str] = Counter()
-        for request, response, code in answers:
+        for request, answer, code in answers:
             uid = request.uid
             ids = self._inflight.get(request.stream)
             pending = ids.get(request.request_id) if ids is not None else None
@@ -250,9 +214,9 @@ class SessionActor(SidecarActor):
                 if uid in self._cancelling:
                     self._cancelling.discard(uid)
                     if code is not Code.CANCELLED:  # it ran to the end; the client asked not to get it
-                        response, code = error_response(request.request_id, CANCELLED_BY_CLIENT), Code.CANCELLED
+                        answer, code = Answer(request.request_id, None, CANCELLED_BY_CLIENT), Code.CANCELLED
                 outcome = OUTCOME_BY_CODE[code]
-                out.setdefault(request.stream, []).append(Outgoing(response, request.received_at, completed_at, outcome))
+                out.setdefault(request.stream, []).append(Outgoing(answer, request.received_at, completed_at, outcome))
                 counts[outcome] += 1
             elif uid in self._gone:
                 self._gone.discard(uid)
@@ -280,7 +244,7 @@ class SessionActor(SidecarActor):
         for stream, ids in self._inflight.items():
             if ids:
                 out[stream] = [
-                    Outgoing(error_response(i, failure), received_at, now, "failed") for i, (received_at, _) in ids.items()
+                    Outgoing(Answer(i, None, failure), received_at, now, "failed") for i, (received_at, _) in ids.items()
                 ]
                 self._abandoned.update(uid for _, uid in ids.values())
                 ids.clear()
@@ -308,5 +272,5 @@ def _refuse(
     """Answers these requests INVALID_ARGUMENT at once, saying why; counted invalid."""
     failure, answers = Failure(Code.INVALID_ARGUMENT, why), out.setdefault(stream, [])
     for request_id in request_ids:
-        answers.append(Outgoing(error_response(request_id, failure), at, at, "invalid"))
+        answers.append(Outgoing(Answer(request_id, None, failure), at, at, "invalid"))
     counts["invalid"] += len(request_ids)

@@ -41,3 +41,14 @@ class Request(NamedTuple):
     @property
     def key(self) -> RequestKey:
         return (self.stream, self.request_id)
+
+
+class Arrival(NamedTuple):
+    """A request as the edge read it off the wire and checked against the model,
+    before the session gives it its uid and deadline. NamedTuple: one per request."""
+
+    request_id: int
+    inputs: tuple[bytes, ...]  # each model input's bytes, the model's order; () if refused
+    timeout_s: float | None = None  # its own timeout; None: the stream's deadline only
+    return_timing: bool = False
+    refused: str | None = None  # why it cannot run (answered INVALID_ARGUMENT), else None

@@ -19,13 +19,12 @@ from dataclasses import replace
 
 from actors.messages import KServeAnswered, OutcomesCounted
 from actors.session import Outgoing
-from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.core.kserve_groups import GroupAnswer, GroupError, Groups
 from sidecar.core.kserve_tensors import Items, KTensor, as_items, datatype_of
+from sidecar.core.request import Arrival
 from sidecar.core.quote import quote
 from sidecar.core.status import Code, Failure
 from sidecar.core.tensors import InvalidTensors, TensorSpec
-from sidecar.wire import duration, retry_after_s
 from sidecar.kserve.types import KRequest, KResult, Model
 from sidecar.server.ingress import NOT_READY, Ingress, Stream
 
@@ -39,7 +38,6 @@ DRAINING = Failure(
 LOADING = replace(NOT_READY, retry_after_s=UNAVAILABLE_RETRY_S)
 # A request's own timeout, at most: beyond it a Duration overflows, and no client waits days.
 MAX_TIMEOUT_S = 86_400.0
-_CODES = {int(c): c for c in Code}
 _ALL = 1 << 62  # a take budget no outbox reaches
 log = logging.getLogger(__name__)
 
@@ -99,12 +97,15 @@ class Call:
             return tag
         ids = self._groups.open(tag, items.n, early=self._early)
         self._requests[tag] = (request, items)
-        batch = pb.InferBatch(request_ids=ids)
-        for spec, data in zip(model.spec.inputs, items.inputs):
-            batch.inputs.add(name=spec.name, dtype=spec.dtype, shape=(items.n, *spec.shape), data=data)
-        if request.timeout_s is not None:
-            batch.timeout.CopyFrom(duration(request.timeout_s))
-        self._ingress.submit(stream, items.n, (), (), (batch,))
+        # Item i of each input is its i-th slice: views, not copies.
+        whole = [memoryview(data) for data in items.inputs]
+        sizes = [s.nbytes for s in model.spec.inputs]
+        timeout = request.timeout_s
+        arrivals = [
+            Arrival(request_id, tuple(m[i * size : (i + 1) * size] for m, size in zip(whole, sizes)), timeout)
+            for i, request_id in enumerate(ids)
+        ]
+        self._ingress.submit(stream, items.n, arrivals)
         return tag
 
     async def results(self) -> list[tuple[int, KResult, list[Outgoing]]]:
@@ -129,16 +130,11 @@ class Call:
             await stream.wakeup.wait()
 
     def _take(self, outgoing: Outgoing) -> None:
-        response = outgoing.response
-        request_id = response.request_id
+        item = outgoing.answer
+        request_id = item.request_id
         try:
             tag = self._groups.tag(request_id)
-            if response.HasField("error"):
-                error = response.error
-                failure = Failure(_CODES.get(error.code, Code.INTERNAL), error.message, retry_after_s(error))
-                answer = self._groups.answered(request_id, None, failure)
-            else:
-                answer = self._groups.answered(request_id, tuple(t.data for t in response.outputs))
+            answer = self._groups.answered(request_id, item.outputs, item.failure)
         except GroupError:  # a bug upstream; the counts say where the answer went
             log.exception("kserve: stream %d got an answer for item %d it did not ask for", self.stream.id, request_id)
             self._ingress.dropped([outgoing])

@@ -10,7 +10,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.core.quote import clip
-from sidecar.core.request import Request
+from sidecar.core.answer import Answer
+from sidecar.core.request import Arrival, Request
 from sidecar.core.status import Failure
 from sidecar.core.tensors import InvalidTensors, TensorSpec, batch_input_bytes, input_bytes
 from sidecar.metrics.registry import MetricValue
@@ -52,6 +53,77 @@ def batch_items(
     sizes = [s.nbytes for s in specs]
     columns = [[m[i * size : (i + 1) * size] for i in range(n)] for m, size in zip(whole, sizes)]
     return list(zip(*columns)) if columns else [() for _ in range(n)], deadline
+
+
+def arrivals(requests: Sequence[pb.InferRequest], batches: Sequence[pb.InferBatch],
+             specs: Sequence[TensorSpec]) -> list[Arrival]:
+    """The requests of one stream message, checked against the model's inputs:
+    each a runnable Arrival, or one refused saying why (the session answers it
+    INVALID_ARGUMENT). A batch that does not fit the model refuses every item."""
+    out: list[Arrival] = []
+    for p in requests:
+        try:
+            out.append(Arrival(p.request_id, input_bytes(p.inputs, specs), _timeout(p), p.return_timing))
+        except InvalidTensors as e:
+            out.append(Arrival(p.request_id, (), refused=f"request {p.request_id}: {e}"))
+    for b in batches:
+        ids = b.request_ids
+        if not ids:
+            continue
+        try:
+            rows, _ = batch_items(b, 0.0, specs)
+            timeout = _timeout(b)
+        except InvalidTensors as e:
+            why = f"batch of {len(ids)} item(s): {e}"
+            out.extend(Arrival(i, (), refused=why) for i in ids)
+            continue
+        timing = b.return_timing
+        out.extend(Arrival(i, row, timeout, timing) for i, row in zip(ids, rows))
+    return out
+
+
+def _timeout(p: pb.InferRequest | pb.InferBatch) -> float | None:
+    if not p.HasField("timeout"):
+        return None
+    timeout = p.timeout.seconds + p.timeout.nanos / 1e9
+    if timeout <= 0:
+        raise InvalidTensors(f"timeout must be positive, got {timeout * 1000:g} ms")
+    return timeout
+
+
+# A Timing message at most: two Durations (tag, length, 11-byte seconds, 6-byte
+# nanos) and a varint batch size, each with its tag.
+_TIMING_BOUND = 64
+
+
+def wire_size_bound(answer: Answer, template_sizes: Sequence[int]) -> int:
+    """At least what to_wire(answer).ByteSize() is, without building it: the writer
+    packs answers by this. Exact for the outputs; the id and timing are bounded."""
+    if answer.failure is not None:  # rare: built and measured
+        return error_response(answer.request_id, answer.failure).ByteSize()
+    n = 11  # request_id: its tag and a varint of at most 10 bytes
+    for size, data in zip(template_sizes, answer.outputs or ()):
+        length = len(data)
+        t = size + (1 + _varint_len(length) + length if length else 0)
+        n += 1 + _varint_len(t) + t
+    if answer.timing is not None:
+        n += _TIMING_BOUND
+    return n
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def to_wire(answer: Answer, templates: Sequence[pb.Tensor]) -> pb.InferResponse:
+    """A core answer as the gpu-sidecar API's response."""
+    if answer.failure is not None:
+        return error_response(answer.request_id, answer.failure)
+    response = ok_response(answer.request_id, answer.outputs or (), templates)
+    t = answer.timing
+    if t is not None:
+        response.timing.CopyFrom(timing(t.queue_wait_s, t.compute_s, t.batch_size))
+    return response
 
 
 def _deadline(p: pb.InferRequest | pb.InferBatch, received_at: float, stream_deadline: float) -> float:

@@ -241,7 +241,10 @@ class SidecarServer:
             on_fatal=_on_loop(loop, self._fatal),
         )
         info = self._pipeline.info
-        self._servicer.model_info = model_info_message(backends[0].name, info, self._pipeline.batch_size, config)
+        self._servicer.set_model(
+            model_info_message(backends[0].name, info, self._pipeline.batch_size, config), info.spec.inputs,
+            info.spec.outputs,
+        )
         model = Model(config.model_name, str(config.model_version), backends[0].name, info.spec,
                       self._pipeline.batch_size, config.instances, config.batch_timeout_s,
                       max_items=min(config.max_outstanding, config.max_queue_length, config.max_per_stream or 1 << 62))

@@ -27,7 +27,8 @@ from actors.session import Outgoing
 from sidecar.clock import Clock
 from sidecar.core.status import Code, Failure
 from sidecar.core.stream import BadFrame, Drain, Gone, Phase, Read, ReadEnded, StreamError, StreamLifecycle
-from sidecar.rpc.convert import error_response
+from sidecar.core.answer import Answer
+from sidecar.core.request import Arrival
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ def batch_item_count(batches: Sequence[Any]) -> int:
 
 
 class Stream:
-    """One Infer call, touched only on the event loop. What it has read, owes and
-    wrote is its lifecycle's business (sidecar/core/stream.py)."""
+    """One call, touched only on the event loop. What it has read, owes and wrote
+    is its lifecycle's business (sidecar/core/stream.py). It holds core answers:
+    its writer turns them into its wire format."""
 
     __slots__ = ("id", "life", "wakeup", "readable", "deadline")
 
@@ -134,24 +136,20 @@ class Ingress:
             return False
         return True
 
-    def submit(
-        self, stream: Stream, items: int, requests: Sequence[Any], cancels: Sequence[int] = (),
-        batches: Sequence[Any] = (),
-    ) -> None:
-        """`items`: the requests read, those in `requests` and every id of `batches`
-        (the reader counted them against the window already)."""
+    def submit(self, stream: Stream, items: int, arrivals: Sequence[Arrival], cancels: Sequence[int] = ()) -> None:
+        """`items`: the requests read (the reader counted them against the window
+        already); `arrivals`: those requests, checked against the model."""
         if stream.life.phase is Phase.GONE:
             return  # read as its call died: nobody is left to answer, and it was never counted
         stream.life.handle(Read(items, len(cancels)))
         if self._session is None:
             now = self._clock.now()
             # Not counted: no pipeline, no metrics yet.
-            ids = [r.request_id for r in requests] + [i for b in batches for i in b.request_ids]
-            stream.life.answered([Outgoing(error_response(i, NOT_READY), now, now, None) for i in ids])
+            stream.life.answered([Outgoing(Answer(a.request_id, None, NOT_READY), now, now, None) for a in arrivals])
             stream.life.unknown_cancels(cancels)
             stream.wake()
             return
-        self._pending.append(StreamInput(stream.id, requests, cancels, stream.deadline, batches))
+        self._pending.append(StreamInput(stream.id, arrivals, cancels, stream.deadline))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -198,7 +196,7 @@ class Ingress:
                 self._arrival_scheduled = True
                 self._loop.call_soon(self._route_arrived)
 
-    def written(self, stream: Stream, sent: list[Outgoing]) -> None:
+    def written(self, stream: Stream, sent: Sequence[Outgoing]) -> None:
         """The servicer wrote these: record their end-to-end and delivery times.
 
         Like requests, the samples of one loop pass travel to the metrics actor as
@@ -230,7 +228,7 @@ class Ingress:
         if self._to_metrics is not None:
             self._to_metrics.tell(message)
 
-    def write_failed(self, stream: Stream, taken: list[Outgoing]) -> None:
+    def write_failed(self, stream: Stream, taken: Sequence[Outgoing]) -> None:
         """A write raised: those answers and everything else the stream holds are
         dropped, moved from the outcome they were counted as."""
         self._dropped([*taken, *stream.life.write_failed()])

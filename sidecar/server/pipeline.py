@@ -93,7 +93,7 @@ def start_pipeline(
         started.append(admission)
         # Before any traffic: a cold server's retry hints come from this, not the ceiling.
         admission.tell(ServiceRate(estimated_service_rate(limits, config.instances, None)))
-        session = SessionActor.start(info.spec, deliver, clock)
+        session = SessionActor.start(deliver, clock)
         started.append(session)
     except BaseException:
         for ref in started:

@@ -12,13 +12,16 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from actors.session import Outgoing
+from sidecar.core.answer import Answer
+from sidecar.core.request import Arrival
+from sidecar.core.tensors import TensorSpec
 from sidecar import __version__
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.api.v1 import gpu_sidecar_pb2_grpc as pb_grpc
 from sidecar.backends.base import BackendInfo
 from sidecar.config import SidecarConfig
 from sidecar.metrics.registry import MetricRegistry
-from sidecar.rpc.convert import metrics_snapshot, tensor_spec
+from sidecar.rpc.convert import arrivals, metrics_snapshot, output_templates, tensor_spec, to_wire, wire_size_bound
 from sidecar.wire import duration
 from sidecar.core.stream import Phase
 from sidecar.logs import Throttle, event
@@ -79,13 +82,40 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
     def __init__(self, ingress: Ingress, config: SidecarConfig, registry: MetricRegistry) -> None:
         self._ingress = ingress
         self._registry = registry
-        self.model_info: pb.ModelInfo | None = None  # set once the backend has loaded
+        self.model_info: pb.ModelInfo | None = None  # set once the backend has loaded (set_model)
+        self._inputs: tuple[TensorSpec, ...] | None = None  # the model's, for checking requests
+        self._templates: tuple[pb.Tensor, ...] = ()  # its outputs, for building responses
+        self._template_sizes: tuple[int, ...] = ()
+        self._ok_size = 0
         # Sizes of the server's long-lived structures, by name (set by the server).
         self.structures: Callable[[], Awaitable[dict[str, int]]] | None = None
         self._memory = MemoryProbe()
         # Framing per packed response (field tag and length) is counted with each one.
         self._pack_bytes = config.pack_bytes - RESPONSE_FRAMING_BYTES
         self._started = time.monotonic()
+
+    def set_model(self, info: pb.ModelInfo, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:
+        self._inputs, self._templates = inputs, output_templates(outputs)
+        self._template_sizes = tuple(t.ByteSize() for t in self._templates)
+        # Every successful answer's outputs are exactly the model's per-item bytes
+        # (sidecar/core/tensors.py split_outputs), so its size is one number.
+        full = Answer(0, tuple(bytes(s.nbytes) for s in outputs))
+        self._ok_size = wire_size_bound(full, self._template_sizes) + RESPONSE_FRAMING_BYTES
+        self.model_info = info
+
+    def _packed_size(self, o: Outgoing) -> int:
+        a = o.answer
+        if a.failure is None and a.timing is None:
+            return self._ok_size
+        return wire_size_bound(a, self._template_sizes) + RESPONSE_FRAMING_BYTES
+
+    def _arrivals(self, message: pb.InferStreamRequest) -> list[Arrival]:
+        inputs = self._inputs
+        if inputs is None:  # still loading: each is answered UNAVAILABLE by its id
+            return [Arrival(r.request_id, ()) for r in message.requests] + [
+                Arrival(i, ()) for b in message.batches for i in b.request_ids
+            ]
+        return arrivals(message.requests, message.batches, inputs)
 
     async def Infer(self, request_iterator: AsyncIterator[Any], context: Any) -> None:
         stream = self._ingress.open_stream(context.time_remaining())
@@ -114,8 +144,11 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                 stream.wakeup.clear()
                 await stream.wakeup.wait()
                 continue
-            taken = life.take(budget, _packed_size)
-            message = pb.InferStreamResponse(responses=[a.response for a in taken.answers], unknown_cancels=taken.cancels)
+            taken = life.take(budget, self._packed_size)
+            templates = self._templates  # the gRPC edge turns core answers into this API's responses
+            message = pb.InferStreamResponse(
+                responses=[to_wire(a.answer, templates) for a in taken.answers], unknown_cancels=taken.cancels
+            )
             try:
                 await context.write(message)
             except BaseException as e:
@@ -170,7 +203,7 @@ class GpuSidecarServicer(pb_grpc.GpuSidecarServicer):
                     ))
                     return
                 if n or message.cancel:
-                    ingress.submit(stream, n, message.requests, message.cancel, batches)
+                    ingress.submit(stream, n, self._arrivals(message), message.cancel)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the call broke under the read; the writer finds out on its own
@@ -259,7 +292,3 @@ def _refuse(ingress: Ingress, stream: Stream, frame: int, why: str) -> None:
         f"message {frame} of this stream {why}; the stream was ended after answering the "
         f"{stream.life.read} request(s) read before it"
     ))
-
-
-def _packed_size(answer: Outgoing) -> int:
-    return answer.response.ByteSize() + RESPONSE_FRAMING_BYTES

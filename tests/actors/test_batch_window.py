@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from actors.messages import GetSnapshot, RequestsReceived, StreamInput
-from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.backends.mock import MockBackend
 from sidecar.config import SidecarConfig
 from sidecar.core.batcher import Dispatch
+from sidecar.core.request import Arrival
 from sidecar.metrics.group import root_group
 from sidecar.metrics.registry import MetricRegistry
 from sidecar.server.pipeline import start_pipeline
@@ -26,9 +26,9 @@ from tests.fakes import FakeClock
 WAIT_S = 10.0  # bound on every wait for an actor's answer
 
 
-def wire_request(request_id: int) -> pb.InferRequest:
-    data = np.full(16, request_id, np.float32).tobytes()
-    return pb.InferRequest(request_id=request_id, inputs=[pb.Tensor(name="input", dtype="float32", shape=[16], data=data)])
+def arrival(request_id: int) -> Arrival:
+    """A request as the edge hands it to the session: checked, in core types."""
+    return Arrival(request_id, (np.full(16, request_id, np.float32).tobytes(),))
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def batcher_state(peers):
 
 
 def send(clock, peers, ids, stream=1):
-    item = StreamInput(stream, [wire_request(i) for i in ids], (), math.inf)
+    item = StreamInput(stream, [arrival(i) for i in ids], (), math.inf)
     peers.session.tell(RequestsReceived([item], clock.now()))
     # Barriers, in pipeline order: each ask is answered after what was told before it.
     for ref in (peers.session, peers.admission, peers.batcher):
@@ -69,7 +69,7 @@ def test_partial_batch_waits_until_clock_passes_window(rig):
     out = delivered.get(timeout=WAIT_S)
     assert batcher_state(peers)["queue_depth"] == 0
     assert sorted(r.request_id for r, *_ in out[1]) == [1, 2]
-    assert np.frombuffer(out[1][0][0].outputs[0].data, np.float32)[0] in (2.0, 4.0)
+    assert np.frombuffer(out[1][0].answer.outputs[0], np.float32)[0] in (2.0, 4.0)  # a core answer
 
 
 def test_full_batch_goes_without_any_clock_movement(rig):

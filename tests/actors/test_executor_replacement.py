@@ -12,6 +12,7 @@ from actors.messages import GetSnapshot
 from sidecar.backends.base import BackendError
 from sidecar.backends.mock import MockBackend
 from sidecar.config import SidecarConfig
+from sidecar.core.status import Code
 from sidecar.metrics.group import root_group
 from sidecar.metrics.registry import MetricRegistry
 from sidecar.server.pipeline import start_pipeline
@@ -59,7 +60,7 @@ def test_failed_reload_is_retried_exactly_when_the_clock_reaches_the_backoff():
         clock.advance(1.0)  # the watchdog gives up on it; the replacement fails to load
         wait_until(lambda: batcher()["executor_phases"] == ("WAITING",), "the failed load")
         (answer,) = delivered.get(timeout=WAIT_S)[1]
-        assert answer[0].error.code == 4  # DEADLINE_EXCEEDED
+        assert answer.answer.failure.code == Code.DEADLINE_EXCEEDED  # a core answer
         assert len(threads) == 1 and threads[0].startswith("ExecutorActor-")
         assert batcher()["stuck_hung"] == 1 and ups == [0]
         clock.advance(0.499)  # not yet: the backoff is 500 ms
@@ -70,7 +71,7 @@ def test_failed_reload_is_retried_exactly_when_the_clock_reaches_the_backoff():
         assert ups == [0, 1]
         send(clock, peers, [2])
         (answer,) = delivered.get(timeout=WAIT_S)[1]
-        assert answer[0].request_id == 2 and not answer[0].HasField("error")
+        assert answer.answer.request_id == 2 and answer.answer.failure is None
     finally:
         hung.close()
         pipeline.stop()
