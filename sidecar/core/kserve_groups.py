@@ -17,7 +17,8 @@ Rules (everything that decides a group's answer lives here):
 - A group is forgotten once all its items are answered.
 
 Transition table (state after the item answer; `done` = the group's answer is
-given with this event, `gone` = forgotten):
+given with this event, `gone` = forgotten); TRANSITIONS below is this table as
+the code runs it, and the tests read it there:
 
     state \\ answer      ok (not last)   failed (not last)          last item
     COLLECTING          COLLECTING      FAILED (early: done)       done, gone
@@ -43,6 +44,37 @@ class GroupError(RuntimeError):
 class State(Enum):
     COLLECTING = "COLLECTING"
     FAILED = "FAILED"
+
+
+class Given(Enum):
+    """The group's answer an item's answer gives."""
+
+    NOTHING = "nothing yet"
+    OUTPUTS = "the joined outputs"
+    THIS_FAILURE = "this item's failure"
+    FIRST_FAILURE = "the failure that came first"
+
+
+# The table above, as the code runs it: (state, this item failed, it is the last,
+# early) -> (the group's state after, None once it is forgotten; the answer given).
+TRANSITIONS: dict[tuple[State, bool, bool, bool], tuple[State | None, Given]] = {
+    (State.COLLECTING, False, False, False): (State.COLLECTING, Given.NOTHING),
+    (State.COLLECTING, False, False, True): (State.COLLECTING, Given.NOTHING),
+    (State.COLLECTING, True, False, False): (State.FAILED, Given.NOTHING),
+    (State.COLLECTING, True, False, True): (State.FAILED, Given.THIS_FAILURE),
+    (State.COLLECTING, False, True, False): (None, Given.OUTPUTS),
+    (State.COLLECTING, False, True, True): (None, Given.OUTPUTS),
+    (State.COLLECTING, True, True, False): (None, Given.THIS_FAILURE),
+    (State.COLLECTING, True, True, True): (None, Given.THIS_FAILURE),
+    (State.FAILED, False, False, False): (State.FAILED, Given.NOTHING),
+    (State.FAILED, False, False, True): (State.FAILED, Given.NOTHING),
+    (State.FAILED, True, False, False): (State.FAILED, Given.NOTHING),
+    (State.FAILED, True, False, True): (State.FAILED, Given.NOTHING),
+    (State.FAILED, False, True, False): (None, Given.FIRST_FAILURE),
+    (State.FAILED, True, True, False): (None, Given.FIRST_FAILURE),
+    (State.FAILED, False, True, True): (None, Given.NOTHING),  # answered early already
+    (State.FAILED, True, True, True): (None, Given.NOTHING),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,21 +149,23 @@ class Groups(Generic[Tag]):
             raise GroupError(f"item {request_id}: no open group holds it (answered twice, or never opened)")
         del self._by_id[request_id]
         group.left -= 1
+        after, given = TRANSITIONS[(group.state, failure is not None, group.left == 0, group.early)]
+        if group.state is State.COLLECTING:
+            if failure is not None:
+                group.failure, group.parts = failure, []  # nothing joined will be needed
+            else:
+                group.parts[request_id - group.base] = outputs
         answer: GroupAnswer[Tag] | None = None
-        if failure is not None:
-            if group.state is State.COLLECTING:
-                group.state, group.failure = State.FAILED, failure
-                if group.early:
-                    answer = GroupAnswer(group.tag, group.n, None, failure)
-            group.parts = []  # nothing joined will be needed
-        elif group.state is State.COLLECTING:
-            group.parts[request_id - group.base] = outputs
-        if group.left == 0:
+        if given is Given.OUTPUTS:
+            answer = GroupAnswer(group.tag, group.n, _join(group.parts), None)
+        elif given is Given.THIS_FAILURE:
+            answer = GroupAnswer(group.tag, group.n, None, failure)
+        elif given is Given.FIRST_FAILURE:
+            answer = GroupAnswer(group.tag, group.n, None, group.failure)
+        if after is None:
             self._open -= 1
-            if group.state is State.COLLECTING:
-                answer = GroupAnswer(group.tag, group.n, _join(group.parts), None)
-            elif not group.early:
-                answer = GroupAnswer(group.tag, group.n, None, group.failure)
+        else:
+            group.state = after
         return answer
 
     def tags(self) -> list[Tag]:

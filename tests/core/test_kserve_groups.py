@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.core.kserve_groups import GroupAnswer, GroupError, Groups, State
+from sidecar.core.kserve_groups import TRANSITIONS, Given, GroupAnswer, GroupError, Groups, State
 from sidecar.core.status import Code, Failure
 
 FAIL = Failure(Code.INVALID_ARGUMENT, "item refused")
@@ -63,25 +63,12 @@ def test_an_early_group_is_answered_at_its_first_failure_and_absorbs_the_rest():
 
 # ---- the transition table: (state, answer, last item) -> state after, and the answer given ----
 
-TABLE = [
-    # state, failed, last, early, state after, answer given
-    (State.COLLECTING, False, False, False, State.COLLECTING, None),
-    (State.COLLECTING, False, False, True, State.COLLECTING, None),
-    (State.COLLECTING, True, False, False, State.FAILED, None),
-    (State.COLLECTING, True, False, True, State.FAILED, "this failure"),
-    (State.COLLECTING, False, True, False, None, "outputs"),
-    (State.COLLECTING, False, True, True, None, "outputs"),
-    (State.COLLECTING, True, True, False, None, "this failure"),
-    (State.COLLECTING, True, True, True, None, "this failure"),
-    (State.FAILED, False, False, False, State.FAILED, None),
-    (State.FAILED, False, False, True, State.FAILED, None),
-    (State.FAILED, True, False, False, State.FAILED, None),
-    (State.FAILED, True, False, True, State.FAILED, None),
-    (State.FAILED, False, True, False, None, "first failure"),
-    (State.FAILED, True, True, False, None, "first failure"),
-    (State.FAILED, False, True, True, None, None),
-    (State.FAILED, True, True, True, None, None),
-]
+TABLE = [(*key, after, given) for key, (after, given) in TRANSITIONS.items()]
+
+
+def test_the_table_covers_every_state_answer_and_position():
+    assert set(TRANSITIONS) == {(s, f, last, e) for s in State for f in (False, True)
+                                for last in (False, True) for e in (False, True)}
 
 
 @pytest.mark.parametrize("state, failed, last, early, after, given_", TABLE)
@@ -95,10 +82,10 @@ def test_each_answer_moves_the_group_as_the_table_says(state, failed, last, earl
     assert groups.state(item) is state
     answer = groups.answered(item, None, LATE) if failed else groups.answered(item, out(item))
     expected = {
-        None: None,
-        "outputs": GroupAnswer("t", 3, (b"x1;x2;x3;", b"y1;y2;y3;"), None),
-        "this failure": GroupAnswer("t", 3, None, LATE),
-        "first failure": GroupAnswer("t", 3, None, FAIL),
+        Given.NOTHING: None,
+        Given.OUTPUTS: GroupAnswer("t", 3, (b"x1;x2;x3;", b"y1;y2;y3;"), None),
+        Given.THIS_FAILURE: GroupAnswer("t", 3, None, LATE),
+        Given.FIRST_FAILURE: GroupAnswer("t", 3, None, FAIL),
     }[given_]
     assert answer == expected
     assert groups.state(c) is after and len(groups) == (0 if after is None else 1)
