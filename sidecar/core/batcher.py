@@ -279,8 +279,9 @@ _ANY = (RequestsAdmitted, TimerFired, ExecutorFree, ExecutorDown, ExecutorUp, Ex
         Withdraw, Drain)
 
 # The table of this module's header, as the code runs it: `handle` refuses an event
-# with no cell, and answers OffTable for a step that lands outside its cell and
-# AFTER_ANY_EVENT (a bug, which the actor logs). The property test and
+# with no cell, and answers OffTable for a step whose resulting state is outside
+# its cell and AFTER_ANY_EVENT (a bug, which the actor logs; the action letters are
+# what the docs show, not checked). The property test and
 # docs/architecture.md's table read it here (tests/core/test_batcher_table.py).
 TRANSITIONS: dict[tuple[State, type], Cell] = {
     (State.IDLE, RequestsAdmitted): Cell((State.COLLECTING, State.IDLE), "D, F"),
@@ -312,7 +313,8 @@ TRANSITIONS: dict[tuple[State, type], Cell] = {
     (State.DRAINING, Drain): Cell((State.DRAINING,)),
     **{(State.CLOSED, e): Cell((State.CLOSED,)) for e in _ANY},
     (State.CLOSED, RequestsAdmitted): Cell((State.CLOSED,), "F"),
-    (State.CLOSED, ExecutorFree): Cell((ERROR,)),
+    # A replaced executor's late free is ignored (the batch was answered already).
+    (State.CLOSED, ExecutorFree): Cell((State.CLOSED, ERROR)),
     **{(State.FAILED, e): Cell((State.FAILED,)) for e in _ANY},
     (State.FAILED, RequestsAdmitted): Cell((State.FAILED,), "F"),
     (State.FAILED, ExecutorFree): Cell((State.FAILED, ERROR)),

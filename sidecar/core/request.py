@@ -48,7 +48,7 @@ class Arrival(NamedTuple):
     before the session gives it its uid and deadline. NamedTuple: one per request."""
 
     request_id: int
-    inputs: tuple[bytes, ...]  # each model input's bytes, the model's order; () if refused
+    inputs: tuple[bytes | memoryview, ...]  # each model input's bytes (views where zero-copy), the model's order; () if refused
     timeout_s: float | None = None  # its own timeout; None: the stream's deadline only
     return_timing: bool = False
     refused: str | None = None  # why it cannot run (answered INVALID_ARGUMENT), else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 from google.protobuf import any_pb2
@@ -11,7 +10,7 @@ from google.rpc import error_details_pb2, status_pb2
 from sidecar.api.v1 import gpu_sidecar_pb2 as pb
 from sidecar.core.quote import clip
 from sidecar.core.answer import Answer
-from sidecar.core.request import Arrival, Request
+from sidecar.core.request import Arrival
 from sidecar.core.status import Failure
 from sidecar.core.tensors import InvalidTensors, TensorSpec, batch_input_bytes, input_bytes
 from sidecar.metrics.registry import MetricValue
@@ -24,35 +23,15 @@ from sidecar.wire import duration
 MAX_MESSAGE_CHARS = 4096
 
 
-def to_request(
-    p: pb.InferRequest,
-    stream: int,
-    received_at: float,
-    specs: Sequence[TensorSpec],
-    *,
-    uid: int = 0,
-    stream_deadline: float = math.inf,
-) -> Request:
-    """Raises InvalidTensors (a ValueError) naming what is wrong with the request.
-
-    Its deadline is the earlier of its own timeout and its stream's gRPC deadline.
-    """
-    deadline = _deadline(p, received_at, stream_deadline)
-    return Request(stream, p.request_id, input_bytes(p.inputs, specs), received_at, deadline, p.return_timing, uid)
-
-
-def batch_items(
-    b: pb.InferBatch, received_at: float, specs: Sequence[TensorSpec], stream_deadline: float = math.inf
-) -> tuple[list[tuple[memoryview, ...]], float]:
-    """The per-item input bytes of a batch-major InferBatch (zero-copy views of
-    its tensors, row i for request_ids[i]) and the items' deadline. Raises
-    InvalidTensors (for every item alike) naming what is wrong."""
+def batch_items(b: pb.InferBatch, specs: Sequence[TensorSpec]) -> list[tuple[memoryview, ...]]:
+    """The per-item input bytes of a batch-major InferBatch: zero-copy views of its
+    tensors, row i for request_ids[i]. Raises InvalidTensors (for every item alike)
+    naming what is wrong."""
     n = len(b.request_ids)
-    deadline = _deadline(b, received_at, stream_deadline)
     whole = [memoryview(data) for data in batch_input_bytes(b.inputs, specs, n)]
     sizes = [s.nbytes for s in specs]
     columns = [[m[i * size : (i + 1) * size] for i in range(n)] for m, size in zip(whole, sizes)]
-    return list(zip(*columns)) if columns else [() for _ in range(n)], deadline
+    return list(zip(*columns)) if columns else [() for _ in range(n)]
 
 
 def arrivals(requests: Sequence[pb.InferRequest], batches: Sequence[pb.InferBatch],
@@ -63,7 +42,8 @@ def arrivals(requests: Sequence[pb.InferRequest], batches: Sequence[pb.InferBatc
     out: list[Arrival] = []
     for p in requests:
         try:
-            out.append(Arrival(p.request_id, input_bytes(p.inputs, specs), _timeout(p), p.return_timing))
+            timeout = _timeout(p)  # first, as its message has always come first
+            out.append(Arrival(p.request_id, input_bytes(p.inputs, specs), timeout, p.return_timing))
         except InvalidTensors as e:
             out.append(Arrival(p.request_id, (), refused=f"request {p.request_id}: {e}"))
     for b in batches:
@@ -71,8 +51,8 @@ def arrivals(requests: Sequence[pb.InferRequest], batches: Sequence[pb.InferBatc
         if not ids:
             continue
         try:
-            rows, _ = batch_items(b, 0.0, specs)
             timeout = _timeout(b)
+            rows = batch_items(b, specs)
         except InvalidTensors as e:
             why = f"batch of {len(ids)} item(s): {e}"
             out.extend(Arrival(i, (), refused=why) for i in ids)
@@ -124,15 +104,6 @@ def to_wire(answer: Answer, templates: Sequence[pb.Tensor]) -> pb.InferResponse:
     if t is not None:
         response.timing.CopyFrom(timing(t.queue_wait_s, t.compute_s, t.batch_size))
     return response
-
-
-def _deadline(p: pb.InferRequest | pb.InferBatch, received_at: float, stream_deadline: float) -> float:
-    if not p.HasField("timeout"):
-        return stream_deadline
-    timeout = p.timeout.seconds + p.timeout.nanos / 1e9
-    if timeout <= 0:
-        raise InvalidTensors(f"timeout must be positive, got {timeout * 1000:g} ms")
-    return min(stream_deadline, received_at + timeout)
 
 
 def output_templates(specs: Sequence[TensorSpec]) -> tuple[pb.Tensor, ...]:

@@ -47,3 +47,19 @@ def test_the_doc_shows_the_table_the_code_runs():
     start = lines.index(head)
     shown = lines[start : start + len(State) + 2]
     assert shown == rendered(), "docs/architecture.md's batcher table differs from TRANSITIONS; write it as:\n" + "\n".join(rendered())
+
+
+def test_a_replaced_executors_late_free_after_the_drain_closed_is_on_the_table():
+    # Draining, the last batch hangs; the watchdog fails it and the batcher closes.
+    # Then the hung backend returns: its free is stale, ignored, and within the table.
+    from sidecar.core.batcher import Batcher, BatchLimits, Drain, ExecutorFree, OffTable, RequestsAdmitted, TimerFired
+    from tests.factories import admitted, request
+
+    b = Batcher(BatchLimits(max_batch_size=4, batch_timeout_s=0.0, executors=1, max_inflight_per_executor=1,
+                            backend_timeout_s=1.0, max_hung=2))
+    b.handle(RequestsAdmitted(admitted([request(1, at=0.0)], 0.0, 10.0)), 0.0)
+    b.handle(Drain(), 0.1)
+    b.handle(TimerFired(1.0), 1.0)
+    assert b.state is State.CLOSED
+    actions = b.handle(ExecutorFree(0, 0, 1.0), 1.001)
+    assert b.state is State.CLOSED and not [a for a in actions if isinstance(a, OffTable)]
