@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 
 from sidecar.api.kserve.v2 import inference_pb2 as kpb
 from sidecar.core.kserve_tensors import KTensor
@@ -31,7 +30,8 @@ from sidecar.kserve.types import KRequest, KResult, Model
 from sidecar.kserve.values import has_contents, raw_from_values, typed_contents
 from sidecar.rpc.convert import to_status
 from sidecar.server.ingress import Ingress
-from sidecar.server.servicer import Unparsable, stop_reading
+from sidecar.server.registration import Unparsable, add_service
+from sidecar.server.servicer import stop_reading
 
 log = logging.getLogger(__name__)
 
@@ -250,35 +250,9 @@ async def _abort(context: Any, failure: Failure) -> None:
     await context.abort(_GRPC_CODES[int(failure.code)], status.message)
 
 
-def _lenient(data: bytes) -> kpb.ModelInferRequest | Unparsable:
-    try:
-        return kpb.ModelInferRequest.FromString(data)
-    except DecodeError as e:
-        return Unparsable(len(data), str(e))
-
-
 def add_to_server(servicer: KServeGrpcServicer, server: grpc.aio.Server) -> None:
-    """Registers every method of the proto's service under SERVICE."""
-    service = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    handlers = {
-        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
-            servicer.ModelStreamInfer,
-            request_deserializer=_lenient,
-            response_serializer=kpb.ModelStreamInferResponse.SerializeToString,
-        )
-    }
-    for method in service.methods:
-        if method.name in handlers:
-            continue
-        assert not (method.client_streaming or method.server_streaming), f"{method.name}: a streaming method"
-        request, response = getattr(kpb, method.input_type.name), getattr(kpb, method.output_type.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
-            request_deserializer=request.FromString,
-            response_serializer=response.SerializeToString,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
+    """Registers every method of the proto's service under SERVICE, the name clients call."""
+    add_service(server, servicer, kpb, "GRPCInferenceService", registered_as=SERVICE)
 
 
 def method_path(name: str) -> str:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from actors.session import Outgoing
 from sidecar.core.answer import Answer
@@ -27,6 +26,7 @@ from sidecar.core.stream import Phase
 from sidecar.logs import Throttle, event
 from sidecar.server.ingress import Ingress, Stream, batch_item_count
 from sidecar.server.memory_report import MemoryProbe
+from sidecar.server.registration import Unparsable, add_service
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +36,6 @@ BAD_FRAME_LOG_INTERVAL_S = 10.0
 DRAINING_REFUSAL = "the sidecar is draining (shutting down) and takes no new streams; connect to another instance or retry after it restarts"
 # google.rpc codes and grpc.StatusCode agree on numbers.
 _GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
-
-
-class Unparsable:
-    """A request-stream message that is not an InferStreamRequest."""
-
-    __slots__ = ("size", "error")
-
-    def __init__(self, size: int, error: str) -> None:
-        self.size = size
-        self.error = error
-
-
-def parse_stream_request(data: bytes) -> pb.InferStreamRequest | Unparsable:
-    # Lenient on purpose: a frame that fails in gRPC's own deserializer ends the
-    # call with UNKNOWN and a traceback in the log, and every request read
-    # before it loses its answer. Here it ends reading, and the call is closed
-    # INVALID_ARGUMENT once everything read before it is answered.
-    try:
-        return pb.InferStreamRequest.FromString(data)
-    except DecodeError as e:
-        return Unparsable(len(data), str(e))
 
 
 async def stop_reading(iterator: Any) -> None:
@@ -262,27 +241,9 @@ def model_info_message(backend: str, info: BackendInfo, batch_size: int, config:
 
 def add_to_server(servicer: GpuSidecarServicer, server: grpc.aio.Server) -> None:
     """As the generated add_GpuSidecarServicer_to_server, but Infer reads frames
-    with the lenient parser; the unary methods are read off the service descriptor."""
-    service = pb.DESCRIPTOR.services_by_name["GpuSidecar"]
-    handlers = {
-        "Infer": grpc.stream_stream_rpc_method_handler(
-            servicer.Infer,
-            request_deserializer=parse_stream_request,
-            response_serializer=pb.InferStreamResponse.SerializeToString,
-        )
-    }
-    for method in service.methods:
-        if method.name in handlers:
-            continue
-        assert not (method.client_streaming or method.server_streaming), f"{method.name}: a streaming method"
-        request, response = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
-            request_deserializer=request.FromString,
-            response_serializer=response.SerializeToString,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)
+    with the lenient parser (a bad frame ends reading, and the call ends
+    INVALID_ARGUMENT once what was read before it is answered)."""
+    add_service(server, servicer, pb, "GpuSidecar")
 
 
 def _refuse(ingress: Ingress, stream: Stream, frame: int, why: str) -> None:
