@@ -43,19 +43,14 @@ TIMEOUT_PARAMETER = "timeout"
 
 class KServeGrpcServicer:
     """Needs the server's ingress; `model` is set once the backend has loaded, and
-    `ready` and `counts` are the server's (readiness, the metrics actor's counts)."""
+    `ready` and `statistics` are the server's (readiness, a model's statistics)."""
 
     def __init__(
-        self,
-        ingress: Ingress,
-        ready: Callable[[], bool],
-        counts: Callable[[], Awaitable[dict[str, Any]]],
-        last_inference_ms: Callable[[dict[str, Any]], int],
+        self, ingress: Ingress, ready: Callable[[], bool], statistics: Callable[[Model], Awaitable[dict[str, Any]]]
     ) -> None:
         self._ingress = ingress
         self._ready = ready
-        self._counts = counts
-        self._last_inference_ms = last_inference_ms
+        self._statistics = statistics
         self.model: Model | None = None
 
     # ---- health and metadata ------------------------------------------------------------
@@ -87,8 +82,7 @@ class KServeGrpcServicer:
             model = self.model
         else:
             model = await self._model(request.name, request.version, context)
-        counts = await self._counts()
-        stats = views.model_statistics(model, counts, self._last_inference_ms(counts))
+        stats = await self._statistics(model)
         return kpb.ModelStatisticsResponse(model_stats=[json_format.ParseDict(stats, kpb.ModelStatistics())])
 
     async def _model(self, name: str, version: str, context: Any) -> Model:

@@ -69,8 +69,7 @@ class KServeHttp:
         self,
         ingress: Ingress,
         ready: Callable[[], bool],
-        counts: Callable[[], Awaitable[dict[str, Any]]],
-        last_inference_ms: Callable[[dict[str, Any]], int],
+        statistics: Callable[[Model], Awaitable[dict[str, Any]]],
         *,
         max_body_bytes: int,
         max_json_bytes: int,
@@ -79,8 +78,7 @@ class KServeHttp:
     ) -> None:
         self._ingress = ingress
         self._ready = ready
-        self._counts = counts
-        self._last_inference_ms = last_inference_ms
+        self._statistics = statistics
         self._token = f"Bearer {bearer_token}".encode() if bearer_token else None
         self._max_inflight = max_inflight
         self._max_json = max_json_bytes
@@ -159,9 +157,7 @@ class KServeHttp:
 
     async def _stats(self, request: web.Request) -> web.Response:
         model = self._model(request) if "model" in request.match_info else self._loaded()
-        counts = await self._counts()
-        stats = views.model_statistics(model, counts, self._last_inference_ms(counts))
-        return web.json_response({"model_stats": [stats]})
+        return web.json_response({"model_stats": [await self._statistics(model)]})
 
     def _loaded(self) -> Model:
         if self.model is None:

@@ -34,6 +34,7 @@ from sidecar.clock import Clock, MonotonicClock
 from sidecar.config import SidecarConfig
 from sidecar.kserve import grpc_service as kserve_grpc
 from sidecar.kserve.types import Model
+from sidecar.kserve.views import model_statistics
 from sidecar.kserve.http_app import KServeHttp
 from sidecar.logs import event
 from sidecar.metrics.group import root_group
@@ -152,13 +153,11 @@ class SidecarServer:
         add_to_server(self._servicer, server)
         ready = lambda: self.health.ready  # noqa: E731
         if "grpc" in config.kserve_protocols:
-            self._kserve_grpc = kserve_grpc.KServeGrpcServicer(
-                self._ingress, ready, self._metric_counts, self._last_inference_ms
-            )
+            self._kserve_grpc = kserve_grpc.KServeGrpcServicer(self._ingress, ready, self._model_statistics)
             kserve_grpc.add_to_server(self._kserve_grpc, server)
         if "http" in config.kserve_protocols:
             self._kserve_http = KServeHttp(
-                self._ingress, ready, self._metric_counts, self._last_inference_ms,
+                self._ingress, ready, self._model_statistics,
                 max_body_bytes=config.max_message_bytes, max_json_bytes=config.kserve_http_max_json,
                 max_inflight=config.kserve_http_max_inflight,
                 bearer_token=config.kserve_http_token,
@@ -197,19 +196,16 @@ class SidecarServer:
         self._http_runner = runner
         self.kserve_http_port = runner.addresses[0][1]
 
-    async def _metric_counts(self) -> dict[str, Any]:
-        """The metrics actor's exact counts (KServe's statistics)."""
+    async def _model_statistics(self, model: Model) -> dict[str, Any]:
+        """KServe's ModelStatistics for `model`, from the metrics actor's exact counts
+        (both front ends answer it alike)."""
         pipeline = self._pipeline
-        if pipeline is None:
-            return {}
-        return await asyncio.to_thread(pipeline.peers.metrics.ask, GetCounts(), timeout=SNAPSHOT_FLUSH_TIMEOUT_S)
-
-    def _last_inference_ms(self, counts: dict[str, Any]) -> int:
-        """When the last batch ran, in ms since the epoch (0: none yet)."""
-        at = counts.get("last_batch_at")
-        if at is None:
-            return 0
-        return int((time.time() - (self._clock.now() - at)) * 1000)
+        counts: dict[str, Any] = {}
+        if pipeline is not None:
+            counts = await asyncio.to_thread(pipeline.peers.metrics.ask, GetCounts(), timeout=SNAPSHOT_FLUSH_TIMEOUT_S)
+        at = counts.get("last_batch_at")  # when the last batch ran, on the clock; as ms since the epoch
+        last_inference_ms = 0 if at is None else int((time.time() - (self._clock.now() - at)) * 1000)
+        return model_statistics(model, counts, last_inference_ms)
 
     @property
     def prometheus_port(self) -> int | None:
