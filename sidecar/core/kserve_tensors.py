@@ -22,6 +22,7 @@ terms (FP32, not float32), with client text quoted short (sidecar/core/quote.py)
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ def as_items(inputs: Sequence[KTensor], requested: Sequence[str], spec: ModelSpe
 
 def _by_name(inputs: Sequence[KTensor], specs: Sequence[TensorSpec]) -> dict[str, KTensor]:
     """The inputs by name, reading no more of them than it takes to find a problem."""
-    spelled = _Spellings(specs)
+    spelled = _spellings(tuple(specs))
     scan = len(specs) + MAX_SHOWN_NAMES + 1
     by_name: dict[str, KTensor] = {}
     unknown: list[str] = []
@@ -177,12 +178,18 @@ def _outputs(requested: Sequence[str], specs: Sequence[TensorSpec]) -> tuple[Ten
         return tuple(specs)
     if len(requested) > MAX_REQUESTED_PER_OUTPUT * len(specs):
         raise InvalidTensors(f"request names {len(requested):,} outputs; the model has {len(specs)}: {_names(specs)}")
-    spelled = _Spellings(specs)
+    spelled = _spellings(tuple(specs))
     wanted = {spelled(r) for r in requested}
     if "" in wanted:
         unknown = [r for r in requested if not spelled(r)]
         raise InvalidTensors(f"unknown output name(s) {quote_names(unknown)}; the model has {_names(specs)}")
     return tuple(s for s in specs if s.name in wanted)
+
+
+@functools.lru_cache(maxsize=16)
+def _spellings(specs: tuple[TensorSpec, ...]) -> _Spellings:
+    """Made once per model, not per request (a model's specs are hashable and few)."""
+    return _Spellings(specs)
 
 
 class _Spellings:

@@ -117,5 +117,9 @@ def typed_contents(contents: Any, datatype: str) -> Any | None:
     return values if len(values) else None
 
 
+# Every typed-contents field, those no datatype here uses included.
+_ALL_CONTENTS = tuple(sorted(set(CONTENTS_FIELD.values()) | {"uint64_contents", "bytes_contents"}))
+
+
 def has_contents(contents: Any) -> bool:
-    return any(len(getattr(contents, f)) for f in set(CONTENTS_FIELD.values()) | {"uint64_contents", "bytes_contents"})
+    return any(len(getattr(contents, f)) for f in _ALL_CONTENTS)

@@ -167,7 +167,7 @@ class Ingress:
         self._flush()  # its last requests must reach the session before the close
         if self._streams.pop(stream.id, None) is not None and self._session is not None:
             self._session.tell(StreamClosed(stream.id, reason))
-        self._dropped(stream.life.handle(Gone()))
+        self.dropped(stream.life.handle(Gone()))
         if not self._streams:
             self._idle.set()
 
@@ -218,10 +218,6 @@ class Ingress:
             self._written_flush_scheduled = True
             self._loop.call_soon(self._flush_written)
 
-    def dropped(self, answers: Sequence[Outgoing]) -> None:
-        """Answers taken from a stream that will never reach their client after all."""
-        self._dropped(answers)
-
     def count(self, message: Any) -> None:
         """A count for the metrics actor from the event loop (KServe front ends: what
         they refused before the session saw it, and their calls)."""
@@ -231,7 +227,7 @@ class Ingress:
     def write_failed(self, stream: Stream, taken: Sequence[Outgoing]) -> None:
         """A write raised: those answers and everything else the stream holds are
         dropped, moved from the outcome they were counted as."""
-        self._dropped([*taken, *stream.life.write_failed()])
+        self.dropped([*taken, *stream.life.write_failed()])
         stream.wake()
 
     def _flush_written(self) -> None:
@@ -259,17 +255,18 @@ class Ingress:
         for stream_id, answers in out.items():
             stream = self._streams.get(stream_id)
             if stream is None:
-                self._dropped(answers)  # its call ended while these were on their way
+                self.dropped(answers)  # its call ended while these were on their way
                 continue
             try:
-                self._dropped(stream.life.answered(answers))
+                self.dropped(stream.life.answered(answers))
             except StreamError:  # a bug upstream; the counts say where answers went
                 log.exception("ingress: stream %d got answers it did not ask for", stream_id)
-                self._dropped(answers)
+                self.dropped(answers)
             stream.wake()
 
-    def _dropped(self, answers: Sequence[Outgoing]) -> None:
-        """The session counted these answers, but their client will never see them."""
+    def dropped(self, answers: Sequence[Outgoing]) -> None:
+        """The session counted these answers, but their client will never see them
+        (the KServe calls too, for answers they took and cannot deliver)."""
         if not answers or self._metrics is None:
             return
         outcomes = Counter(a.outcome for a in answers if a.outcome is not None)
