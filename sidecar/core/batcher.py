@@ -131,6 +131,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
+from typing import get_args
 
 from sidecar.core.admission import MIN_RETRY_AFTER_S, Admitted
 from sidecar.core.executors import RELOAD_BACKOFF_S, ExecutorSlots, InFlight, Phase
@@ -275,8 +276,7 @@ class Cell:
     actions: str = ""
 
 
-_ANY = (RequestsAdmitted, TimerFired, ExecutorFree, ExecutorDown, ExecutorUp, ExecutorLoadFailed, ExecutorReleased,
-        Withdraw, Drain)
+_ANY = get_args(Event)  # every event type
 
 # The table of this module's header, as the code runs it: `handle` refuses an event
 # with no cell, and answers OffTable for a step whose resulting state is outside
