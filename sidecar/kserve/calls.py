@@ -53,6 +53,10 @@ class Call:
         self._answers: dict[int, list[Outgoing]] = {}
         self._ready: deque[tuple[int, KResult, list[Outgoing]]] = deque()
         self._tags = 0
+        # Taken off the stream's lifecycle (so its window no longer counts them) but
+        # not yet written or dropped: items of requests still gathering, results
+        # waiting for the writer or being written (a refusal, with no items, is one).
+        self._unwritten = 0
 
     @property
     def pending(self) -> int:
@@ -61,10 +65,16 @@ class Call:
 
     @property
     def may_read(self) -> bool:
-        """The stream's window has room, and so has the backlog of answers given at
-        once (refusals): a client that sends only bad requests and never reads
-        holds at most a window of them."""
-        return self.stream.life.may_read and len(self._ready) < self.stream.life.window
+        """The stream's window has room for what it has read and not written back,
+        this call's own holdings included: a client that never reads holds at most
+        a window of items (or of refusals), as on Infer."""
+        life = self.stream.life
+        return life.may_read and life.outstanding + self._unwritten < life.window
+
+    def _released(self, n: int) -> None:
+        self._unwritten -= n
+        if self.may_read:
+            self.stream.readable.set()
 
     def refuse(self, request_id: str, message: str) -> int:
         """A request that could not even be read: answered INVALID_ARGUMENT under a new tag."""
@@ -74,6 +84,7 @@ class Call:
 
     def _refused(self, tag: int, request_id: str, failure: Failure) -> None:
         count_refused(self._ingress, None, "invalid")
+        self._unwritten += 1
         self._finish(tag, KResult(request_id, failure=failure), [])
         self.stream.wake()
 
@@ -116,13 +127,13 @@ class Call:
         while True:
             if life.has_output:
                 taken = life.take(_ALL, _one)
-                self._ingress.written(stream, [])  # frees the window; counted delivered later
+                self._unwritten += len(taken.answers)  # held here now, not in the lifecycle
+                self._ingress.written(stream, [])  # counted delivered when their result is
                 for outgoing in taken.answers:
                     self._take(outgoing)
             if self._ready:
                 ready = list(self._ready)
                 self._ready.clear()
-                stream.readable.set()  # the backlog has room again (may_read)
                 return ready
             if life.finished:
                 return []
@@ -137,10 +148,10 @@ class Call:
             answer = self._groups.answered(request_id, item.outputs, item.failure)
         except GroupError:  # a bug upstream; the counts say where the answer went
             log.exception("kserve: stream %d got an answer for item %d it did not ask for", self.stream.id, request_id)
-            self._ingress.dropped([outgoing])
+            self._drop([outgoing])
             return
         if tag not in self._requests:  # left over from a request answered early: never sent
-            self._ingress.dropped([outgoing])
+            self._drop([outgoing])
             return
         parts = self._answers.setdefault(tag, [])
         parts.append(outgoing)
@@ -155,7 +166,7 @@ class Call:
             # The client sees one error: the item that failed first is it; the
             # others (answered or not) never reach anyone, so they count cancelled.
             first = next((p for p in parts if p.outcome != "succeeded"), parts[0])
-            self._ingress.dropped([p for p in parts if p is not first])
+            self._drop([p for p in parts if p is not first])
             parts = [first]
         self._ready.append((tag, result, parts))
         self._ingress.count(KServeAnswered(self._protocol, 1, int(result.failure is not None)))
@@ -175,15 +186,22 @@ class Call:
         self._answers.clear()
         self._ready.clear()
         self._requests.clear()
+        self._unwritten = 0
         self._ingress.dropped(held)
+
+    def _drop(self, parts: list[Outgoing]) -> None:
+        self._ingress.dropped(parts)
+        self._released(len(parts))
 
     def delivered(self, parts: list[Outgoing]) -> None:
         """A result went out: its items count as written (end-to-end latency)."""
         self._ingress.delivered(parts)
+        self._released(len(parts) or 1)
 
     def undelivered(self, parts: list[Outgoing]) -> None:
         """A result could not be written: its items count as dropped."""
         self._ingress.dropped(parts)
+        self._released(len(parts) or 1)
 
 
 def count_refused(ingress: Ingress, protocol: str | None, outcome: str) -> None:
